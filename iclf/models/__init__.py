@@ -1,0 +1,6 @@
+"""Models: the CLIP backbone and its weights (design.md "Backbone"), and the ICLF model parts."""
+
+from iclf.models.registry import BackboneSpec, get_spec, list_backbones, register
+from iclf.models.weights import (WeightsError, backbone_state_dict_openai_layout,
+                                 load_clip_state_dict, load_pretrained, resize_pos_embed)
+from iclf.models.clip import CLIPBackbone, create_backbone
