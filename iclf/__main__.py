@@ -1,0 +1,5 @@
+import sys
+
+from iclf.cli import main
+
+sys.exit(main())
