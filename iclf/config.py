@@ -9,6 +9,7 @@ saved with every run as ``configs.yaml`` and is enough to rebuild it (:func:`loa
 from __future__ import annotations
 
 import copy
+import re
 import dataclasses
 import types
 import typing
@@ -281,6 +282,9 @@ def validate(cfg: ExperimentConfig) -> None:
 # -------------------------------------------------------------------- dict <-> dataclass
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -327,6 +331,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -1,0 +1,94 @@
+"""The experiment schema: errors name the key and the file; every shipped YAML validates."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from iclf.config import (ConfigError, config_from_dict, load_config, parse_overrides, save_config,
+                         to_dict)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+
+
+def write(tmp_path, data, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_there_are_shipped_experiments():
+    names = {p.name for p in EXPERIMENTS}
+    for preset in ("irra", "iclf_release", "iclf"):
+        for ds in ("cuhk", "icfg", "rstp"):
+            assert f"{preset}_{ds}.yaml" in names
+    assert "synthetic.yaml" in names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_experiment_validates(path):
+    cfg = load_config(path)
+    assert cfg.enabled_losses
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, {"optim": {"lr": 1e-4, "learning_rate": 3}, "losses": {"weights": {"itc": 1}}})
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(path) in str(exc.value) and "optim.learning_rate: unknown key" in str(exc.value)
+
+
+def test_wrong_type(tmp_path):
+    path = write(tmp_path, {"losses": {"weights": {"itc": 1}}, "data": {"batch_size": "sixty-four"}})
+    with pytest.raises(ConfigError, match=r"data.batch_size: expected an integer, got 'sixty-four'"):
+        load_config(path)
+
+
+def test_out_of_range(tmp_path):
+    path = write(tmp_path, {"losses": {"weights": {"itc": 1}}, "lora": {"rank": -4}})
+    with pytest.raises(ConfigError, match=r"lora.rank: must be >= 0"):
+        load_config(path)
+
+
+def test_literal_choices_are_checked(tmp_path):
+    path = write(tmp_path, {"losses": {"weights": {"itc": 1}}, "fusion": {"style": "xformer"}})
+    with pytest.raises(ConfigError, match=r"fusion.style: 'xformer' is not one of"):
+        load_config(path)
+
+
+def test_mlm_with_fusion_depth_zero_is_an_error(tmp_path):
+    path = write(tmp_path, {"losses": {"weights": {"itc": 1, "mlm": 1}}, "fusion": {"depth": 0}})
+    with pytest.raises(ConfigError, match=r"losses.weights.mlm: the MLM loss needs the fusion module"):
+        load_config(path)
+    ok = load_config(path, ["losses.weights.mlm=0"])
+    assert ok.fusion.depth == 0 and ok.enabled_losses == ["itc"]
+
+
+def test_overrides_are_yaml_values_and_checked(tmp_path):
+    path = write(tmp_path, {"losses": {"weights": {"itc": 1}}})
+    cfg = load_config(path, ["optim.lr=3e-4", "lora.targets.vision=[q,v]", "lora=null"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.lora is None
+    with pytest.raises(ConfigError, match="with overrides.*no: unknown key"):
+        load_config(path, ["no.such=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["lora.rank"])
+
+
+def test_base_files_are_merged(tmp_path):
+    write(tmp_path, {"losses": {"weights": {"itc": 1, "id": 1}}, "optim": {"lr": 1e-5}}, "base.yaml")
+    path = write(tmp_path, {"base": "base.yaml", "optim": {"eps": 1e-8}})
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-5 and cfg.optim.eps == 1e-8 and cfg.enabled_losses == ["itc", "id"]
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "experiments" / "iclf_cuhk.yaml", ["seed=7"])
+    out = save_config(cfg, tmp_path / "configs.yaml")
+    again = load_config(out)
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_config_from_dict_reports_source():
+    with pytest.raises(ConfigError, match=r"^my.yaml: name: must be"):
+        config_from_dict({"name": "", "losses": {"weights": {"itc": 1}}}, "my.yaml")
