@@ -1,0 +1,89 @@
+"""iclf.analysis.plots writes real, non-trivial PNG files."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from iclf.analysis import plots, summarize
+from iclf.analysis.synthetic import synthetic_sweep
+
+GRID = {"lora.rank": [0, 4, 16], "fusion.depth": [1, 2]}
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    trials, curves = synthetic_sweep(GRID, seeds=(0, 1, 2), epochs=3)
+    table = summarize(trials, metrics=["val/R1", "val/mAP"], baseline={"lora.rank": 0, "fusion.depth": 1})
+    return trials, curves, table
+
+
+def _check_png(path, min_kb=8):
+    assert path.exists() and path.suffix == ".png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > min_kb * 1024
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] > 300 and im.size[1] > 150
+
+
+def test_metric_vs_params_two_params(sweep, tmp_path):
+    _, _, table = sweep
+    path = plots.plot_metric_vs_params(table, tmp_path / "sub" / "mvp.png", metric="val/mAP")
+    _check_png(path, min_kb=20)
+    with Image.open(path) as im:  # two subplots side by side at dpi 120
+        assert im.size[0] > im.size[1]
+
+
+def test_metric_vs_params_one_and_three_params(tmp_path):
+    one, _ = synthetic_sweep({"lora.rank": [0, 8]}, seeds=(0, 1))
+    _check_png(plots.plot_metric_vs_params(summarize(one), tmp_path / "one.png", error="std"))
+    three, _ = synthetic_sweep({**GRID, "fusion.style": ["irra", "interlaced"]}, seeds=(0, 1))
+    _check_png(plots.plot_metric_vs_params(summarize(three), tmp_path / "three.png"))
+    # a single-seed configuration (NaN CI) still plots
+    single = summarize(one[one["seed"] == 0])
+    _check_png(plots.plot_metric_vs_params(single, tmp_path / "single.png"))
+
+
+def test_cost_benefit_and_curves(sweep, tmp_path):
+    _, curves, table = sweep
+    _check_png(plots.plot_cost_benefit(table, tmp_path / "cost.png"), min_kb=20)
+    _check_png(plots.plot_curves(curves, tmp_path / "curves.png"), min_kb=20)
+    subset = plots.plot_curves(curves, tmp_path / "two.png", metric="val/mAP",
+                               configs=["lora.rank=0,fusion.depth=1", "lora.rank=16,fusion.depth=2"])  # fmt: skip
+    _check_png(subset)
+
+
+def test_importance_chart(sweep, tmp_path):
+    table = pd.DataFrame({"param": ["lora.rank", "fusion.depth"], "importance": [0.8, 0.2]})
+    _check_png(plots.plot_importance(table, tmp_path / "imp.png"))
+    undefined = pd.DataFrame({"param": ["a", "b"], "importance": [float("nan")] * 2})
+    undefined.attrs["note"] = "importance undefined: val/R1 is constant"
+    _check_png(plots.plot_importance(undefined, tmp_path / "nan.png"))
+
+
+def test_bad_inputs_are_named(sweep, tmp_path):
+    trials, curves, table = sweep
+    with pytest.raises(ValueError, match="test/R1"):
+        plots.plot_metric_vs_params(table, tmp_path / "x.png", metric="test/R1")
+    with pytest.raises(ValueError, match="error"):
+        plots.plot_metric_vs_params(table, tmp_path / "x.png", error="sem")
+    with pytest.raises(ValueError, match="trainable_params"):
+        plots.plot_cost_benefit(table.drop(columns=["trainable_params"]), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="nope"):
+        plots.plot_curves(curves, tmp_path / "x.png", configs=["nope"])
+    with pytest.raises(ValueError, match="val/R5"):
+        plots.plot_curves(curves, tmp_path / "x.png", metric="val/R5")
+    assert not list(tmp_path.glob("x.png"))
+
+
+def test_plots_leave_pyplot_alone(tmp_path):
+    code = (
+        "import sys, pandas as pd; from iclf.analysis import plots; "
+        "plots.plot_importance(pd.DataFrame({'param': ['a'], 'importance': [1.0]}), sys.argv[1]); "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png")], check=True)
