@@ -24,6 +24,7 @@ keys), plus ``visual.grid_size`` so a non-square grid can be resized when loaded
 from __future__ import annotations
 
 import math
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,7 +95,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         raise WeightsError(path, f"{what}. {_WHERE_TO_GET}")
     if _is_torchscript_archive(path):
         try:
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch marks jit as deprecated; OpenAI ships it
+                warnings.simplefilter("ignore", FutureWarning)
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as err:  # torch raises many types for a broken archive
             raise WeightsError(path, f"TorchScript archive could not be loaded ({err})") from err
     else:
