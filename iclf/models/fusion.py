@@ -22,77 +22,15 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from iclf.models.clip import MLP, Attention, Block
 
 FusionStyle = Literal["irra", "interlaced", "bidirectional"]
 FUSION_STYLES: tuple[str, ...] = get_args(FusionStyle)
 
-
-class QuickGELU(nn.Module):
-    """CLIP's activation, x * sigmoid(1.702 x) (method.md 1.1)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class Attention(nn.Module):
-    """Batch-first multi-head attention with named ``q_proj/k_proj/v_proj/out_proj`` linears.
-
-    Equivalent to ``nn.MultiheadAttention(width, heads, batch_first=True)`` without masks, but with
-    the packed in-projection split so every projection is a plain ``nn.Linear``.
-    """
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        if heads <= 0 or width % heads != 0:
-            raise ValueError(f"fusion heads={heads} must be positive and divide width={width}")
-        self.heads = heads
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        return x.view(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, H, n, d_h)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        q = self._split(self.q_proj(query))
-        k = self._split(self.k_proj(key))
-        v = self._split(self.v_proj(value))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Lq, d_h)
-        b, _, lq, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, lq, -1))
-
-
-class MLP(nn.Module):
-    """CLIP MLP: ``c_fc`` (w -> 4w), QuickGELU, ``c_proj`` (4w -> w)."""
-
-    def __init__(self, width: int, ratio: int = 4) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(width, width * ratio)
-        self.act = QuickGELU()
-        self.c_proj = nn.Linear(width * ratio, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.act(self.c_fc(x)))
-
-
-class SelfAttentionBlock(nn.Module):
-    """CLIP residual block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))`` (no mask)."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = MLP(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h)
-        return x + self.mlp(self.ln_2(x))
+# The building blocks (named q/k/v/out attention linears with SDPA, the CLIP MLP and the pre-LN
+# residual Block) are the backbone's own, from iclf.models.clip; only the initialisation differs.
 
 
 class InterlacedLayer(nn.Module):
@@ -106,13 +44,11 @@ class InterlacedLayer(nn.Module):
         self.ln_cross_kv = nn.LayerNorm(width)
         self.cross_attn = Attention(width, heads)
         self.ln_mlp = nn.LayerNorm(width)
-        self.mlp = MLP(width)
+        self.mlp = MLP(width, 4 * width)
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        h = self.ln_self(text)
-        text = text + self.self_attn(h, h, h)
-        kv = self.ln_cross_kv(image)
-        text = text + self.cross_attn(self.ln_cross_q(text), kv, kv)
+        text = text + self.self_attn(self.ln_self(text))
+        text = text + self.cross_attn(self.ln_cross_q(text), context=self.ln_cross_kv(image))
         return text + self.mlp(self.ln_mlp(text))
 
 
@@ -125,11 +61,10 @@ class CrossBlock(nn.Module):
         self.ln_kv = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_mlp = nn.LayerNorm(width)
-        self.mlp = MLP(width)
+        self.mlp = MLP(width, 4 * width)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        kv = self.ln_kv(context)
-        x = x + self.attn(self.ln_q(x), kv, kv)
+        x = x + self.attn(self.ln_q(x), context=self.ln_kv(context))
         return x + self.mlp(self.ln_mlp(x))
 
 
@@ -181,7 +116,7 @@ class Fusion(nn.Module):
             self.ln_pre_t = nn.LayerNorm(width)
             self.ln_pre_i = nn.LayerNorm(width)
             self.cross_attn = Attention(width, heads)
-            self.blocks = nn.ModuleList(SelfAttentionBlock(width, heads) for _ in range(depth))
+            self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
         elif style == "interlaced":
             self.blocks = nn.ModuleList(InterlacedLayer(width, heads) for _ in range(depth))
         else:
@@ -233,8 +168,8 @@ class Fusion(nn.Module):
                 f"width {image_tokens.shape[-1]}"
             )
         if self.style == "irra":
-            kv = self.ln_pre_i(image_tokens)
-            x = self.cross_attn(self.ln_pre_t(text_tokens), kv, kv)  # (B, L, D), no residual
+            # (B, L, D); no residual around this cross-attention (method.md 1.4)
+            x = self.cross_attn(self.ln_pre_t(text_tokens), context=self.ln_pre_i(image_tokens))
             for block in self.blocks:
                 x = block(x)
         elif self.style == "interlaced":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iclf.models.fusion import QuickGELU
+from iclf.models.clip import QuickGELU
 
 
 class MLMHead(nn.Module):

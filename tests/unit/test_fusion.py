@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from iclf.models.fusion import FUSION_STYLES, Attention, Fusion
+from iclf.models.clip import Attention
+from iclf.models.fusion import FUSION_STYLES, Fusion
 
 W, HEADS = 32, 4
 
@@ -94,7 +95,7 @@ def test_attention_matches_torch_multihead_attention():
         ref.out_proj.bias.copy_(ours.out_proj.bias)
     q, kv = _inputs()
     expected, _ = ref(q, kv, kv, need_weights=False)
-    assert torch.allclose(ours(q, kv, kv), expected, atol=1e-5)
+    assert torch.allclose(ours(q, context=kv), expected, atol=1e-5)
 
 
 def test_initialisation_follows_method_1_4():
