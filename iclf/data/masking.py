@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-# Token ids of the CLIP BPE vocabulary with IRRA's <|mask|> (method.md 1.2); kept here as
-# literals so masking does not need the tokenizer's vocabulary files.
-MASK_ID = 49405
-PAD_ID = 0
+from iclf.tokenizer import MASK_ID, PAD_ID
 
 
 def check_masking(rate: float, mask_prob: float, random_prob: float) -> None:
