@@ -7,11 +7,11 @@ symbols made by merges 1..48894.
 
 IRRA's change: the **last merge is dropped** and ``<|mask|>``, ``<|startoftext|>`` and
 ``<|endoftext|>`` are appended, so ``MASK_ID = 49405``, ``SOT_ID = 49406``, ``EOT_ID = 49407`` and
-``VOCAB_SIZE = 49408`` (the same size as CLIP's embedding table). The mask token therefore reuses the
-embedding row of the dropped merge. The dropped merge is also removed from the merge ranks, so BPE can
-never produce its symbol: no text other than the literal ``<|mask|>`` ever encodes to 49405 (a word
-that CLIP would encode with that merge gets the two pieces instead). ``PAD_ID = 0`` (also the real
-token "!"; IRRA treats 0 as padding).
+``VOCAB_SIZE = 49408`` (the same size as CLIP's embedding table). The mask token therefore reuses
+the embedding row of the dropped merge. The dropped merge is also removed from the merge ranks, so
+BPE can never produce its symbol: no text other than the literal ``<|mask|>`` ever encodes to
+49405 (the one word CLIP would build with that merge, "jekyll", gets the two pieces instead).
+``PAD_ID = 0`` (also the real token "!"; IRRA treats 0 as padding).
 
 Pre-processing: ``ftfy.fix_text`` (when ftfy is importable; open_clip depends on it), HTML unescape
 twice, whitespace collapsed, lowercase. The pre-tokenisation regex keeps the special strings atomic.

@@ -70,7 +70,9 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 def register(name: str, spec: BackboneSpec, *, overwrite: bool = False) -> BackboneSpec:
     """Add ``spec`` to the registry under ``name`` and return it."""
     if not isinstance(spec, BackboneSpec):
-        raise TypeError(f"register({name!r}, ...) expects a BackboneSpec, got {type(spec).__name__}")
+        raise TypeError(
+            f"register({name!r}, ...) expects a BackboneSpec, got {type(spec).__name__}"
+        )
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"backbone {name!r} is already registered")
     _REGISTRY[name] = spec

@@ -51,7 +51,7 @@ __all__ = [
 
 POS_INTERP_MODES = ("bilinear", "bicubic")
 
-# Written by backbone_state_dict_openai_layout: the (rows, cols) grid of visual.positional_embedding.
+# Written by backbone_state_dict_openai_layout: (rows, cols) of visual.positional_embedding.
 GRID_KEY = "visual.grid_size"
 
 # Keys in CLIP checkpoints that the backbone does not hold; dropped on load.

@@ -1,4 +1,4 @@
-"""Tokenizer: CLIP BPE with IRRA's <|mask|> (method.md 1.2), checked against open_clip's tokenizer."""
+"""Tokenizer: CLIP BPE with IRRA's <|mask|> (method.md 1.2), checked against open_clip's."""
 
 import os
 

@@ -168,9 +168,11 @@ def test_open_clip_layout_wrapped_with_module_prefix(tmp_path):
     torch.save({"epoch": 3, "state_dict": {"module." + k: v for k, v in state.items()}}, path)
     loaded = create_backbone("tiny", pretrained=path, image_size=(224, 224))
     in_proj = state["transformer.resblocks.1.attn.in_proj_weight"]
-    torch.testing.assert_close(loaded.text.transformer.resblocks[1].attn.v_proj.weight, in_proj[256:])
+    v_proj = loaded.text.transformer.resblocks[1].attn.v_proj.weight
+    torch.testing.assert_close(v_proj, in_proj[256:])
     torch.testing.assert_close(loaded.text.token_embedding.weight, state["token_embedding.weight"])
-    torch.testing.assert_close(loaded.visual.positional_embedding, state["visual.positional_embedding"])
+    table = state["visual.positional_embedding"]
+    torch.testing.assert_close(loaded.visual.positional_embedding, table)
 
 
 def test_fp16_checkpoint_loads(tiny, tmp_path):
