@@ -10,7 +10,7 @@ IRRA's change: the **last merge is dropped** and ``<|mask|>``, ``<|startoftext|>
 ``VOCAB_SIZE = 49408`` (the same size as CLIP's embedding table). The mask token therefore reuses
 the embedding row of the dropped merge. The dropped merge is also removed from the merge ranks, so
 BPE can never produce its symbol: no text other than the literal ``<|mask|>`` ever encodes to
-49405 (the one word CLIP would build with that merge, "jekyll", gets the two pieces instead).
+49405 (a word ending in "jekyll", which CLIP would finish with that merge, keeps two pieces).
 ``PAD_ID = 0`` (also the real token "!"; IRRA treats 0 as padding).
 
 Pre-processing: ``ftfy.fix_text`` (when ftfy is importable; open_clip depends on it), HTML unescape
