@@ -10,7 +10,8 @@ present; optuna only inside :func:`iclf.analysis.importance.param_importances`).
 column            type        meaning
 ================  ==========  ===============================================================
 ``run_id``        str         the run
-``config_key``    str         the configuration without the seed, e.g. ``"lora.rank=8,fusion.depth=2"``
+``config_key``    str         the configuration without the seed, e.g.
+                              ``"lora.rank=8,fusion.depth=2"``
 ``param.<name>``  any         one column per ablated parameter, dotted config name, e.g.
                               ``param.lora.rank``; NaN where a conditional parameter is inactive
 ``seed``          int         the training seed; unique per configuration among FINISHED runs
@@ -31,6 +32,14 @@ All metrics are higher-is-better. Entry points: :func:`summarize` / :func:`summa
 artifact in one call.
 """
 
+from iclf.analysis.importance import param_importances
+from iclf.analysis.plots import (
+    plot_cost_benefit,
+    plot_curves,
+    plot_importance,
+    plot_metric_vs_params,
+)
+from iclf.analysis.report import write_report
 from iclf.analysis.stats import MeanStdCI, TTest, mean_std_ci, paired_t_test, welch_t_test
 from iclf.analysis.summary import (
     DEFAULT_METRICS,
@@ -42,6 +51,15 @@ from iclf.analysis.summary import (
     summarize,
     summarize_sweep,
 )
+from iclf.analysis.tables import (
+    format_console,
+    parse_latex,
+    parse_markdown,
+    to_latex,
+    to_markdown,
+    write_csv,
+    write_tables,
+)
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -50,11 +68,24 @@ __all__ = [
     "SweepSummary",
     "TTest",
     "finished_trials",
+    "format_console",
     "mean_std_ci",
     "paired_t_test",
     "param_columns",
+    "param_importances",
+    "parse_latex",
+    "parse_markdown",
+    "plot_cost_benefit",
+    "plot_curves",
+    "plot_importance",
+    "plot_metric_vs_params",
     "resolve_baseline",
     "summarize",
     "summarize_sweep",
+    "to_latex",
+    "to_markdown",
     "welch_t_test",
+    "write_csv",
+    "write_report",
+    "write_tables",
 ]

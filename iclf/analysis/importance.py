@@ -132,7 +132,9 @@ def param_importances(
     """
     done = finished_trials(trials)
     if metric not in trials.columns:
-        raise ValueError(f"trials frame has no metric column {metric!r}; has {list(trials.columns)}")
+        raise ValueError(
+            f"trials frame has no metric column {metric!r}; has {list(trials.columns)}"
+        )
     if direction not in ("maximize", "minimize"):
         raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
     available = param_columns(trials)
@@ -142,7 +144,9 @@ def param_importances(
         columns = [p if p.startswith(PARAM_PREFIX) else PARAM_PREFIX + p for p in params]
         unknown = [c for c in columns if c not in available]
         if unknown:
-            raise ValueError(f"parameter(s) {unknown} are not columns of the trials; have {available}")
+            raise ValueError(
+                f"parameter(s) {unknown} are not columns of the trials; have {available}"
+            )
     if not columns:
         raise ValueError("trials frame has no param.* columns: nothing was ablated")
     names = [c[len(PARAM_PREFIX) :] for c in columns]
@@ -159,8 +163,12 @@ def param_importances(
     varying = [n for n in names if n in dists and not dists[n].single()]
 
     if len(rows) < 2:
-        return _result(names, {}, described, f"importance undefined: {len(rows)} finished "
-                       f"trial(s) with a finite {metric}")  # fmt: skip
+        return _result(
+            names,
+            {},
+            described,
+            f"importance undefined: {len(rows)} finished trial(s) with a finite {metric}",
+        )
     if np.ptp(rows[metric].to_numpy(float)) == 0.0:
         return _result(names, {}, described, f"importance undefined: {metric} is constant")
     if not varying:

@@ -48,7 +48,9 @@ def _columns(table: pd.DataFrame, metric: str, error: str) -> tuple[str, str]:
     mean, err = f"{metric} mean", f"{metric} {error}"
     missing = [c for c in (mean, err) if c not in table.columns]
     if missing:
-        raise ValueError(f"summary table lacks {missing}: was {metric!r} among the summarized metrics?")
+        raise ValueError(
+            f"summary table lacks {missing}: was {metric!r} among the summarized metrics?"
+        )
     return mean, err
 
 
@@ -85,9 +87,11 @@ def plot_metric_vs_params(
     """
     table = _table(summary)
     mean, err = _columns(table, metric, error)
-    cols = param_columns(table) if params is None else [
-        p if p.startswith(PARAM_PREFIX) else PARAM_PREFIX + p for p in params
-    ]  # fmt: skip
+    cols = (
+        param_columns(table)
+        if params is None
+        else [p if p.startswith(PARAM_PREFIX) else PARAM_PREFIX + p for p in params]
+    )
     missing = [c for c in cols if c not in table.columns]
     if missing or not cols:
         raise ValueError(f"summary table has no parameter column(s) {missing or cols}")
@@ -114,17 +118,22 @@ def plot_metric_vs_params(
         for i, (values, rows) in enumerate(groups):
             rows = rows.assign(_x=rows[col].map(_label).map(position)).sort_values("_x")
             x = rows["_x"].to_numpy(float) + (i - (len(groups) - 1) / 2) * width
-            label = ", ".join(f"{o[len(PARAM_PREFIX):]}={v}" for o, v in zip(others, _tuple(values)))
-            ax.errorbar(x, rows[mean], yerr=_yerr(rows[err]), marker="o", capsize=3,
-                        label=label or metric)  # fmt: skip
+            pairs = zip(others, _tuple(values))
+            label = ", ".join(f"{o[len(PARAM_PREFIX) :]}={v}" for o, v in pairs)
+            ax.errorbar(
+                x, rows[mean], yerr=_yerr(rows[err]), marker="o", capsize=3, label=label or metric
+            )
         _baseline_line(ax, table, mean)
         ax.set_xticks(range(len(levels)), levels)
         ax.set_xlabel(name)
         ax.set_ylabel(f"{metric} (mean ± {_ERRORS[error]})")
         ax.set_title(f"{metric} vs {name}")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, title=", ".join(o[len(PARAM_PREFIX) :] for o in others) or None,
-                  title_fontsize=8)  # fmt: skip
+        ax.legend(
+            fontsize=8,
+            title=", ".join(o[len(PARAM_PREFIX) :] for o in others) or None,
+            title_fontsize=8,
+        )
     fig.suptitle(f"{metric} over the ablated parameters (error bars: {_ERRORS[error]} over seeds)")
     return _save(fig, path)
 
@@ -180,12 +189,14 @@ def plot_cost_benefit(
         idx = order[x[order] == xi]  # ascending y among points of this cost
         rank_in_group[idx] = np.arange(len(idx))[::-1]
     for xi, yi, key, k in zip(x, y, rows["config_key"], rank_in_group):
-        ax.annotate(str(key), (xi, yi), textcoords="offset points", xytext=(5, 3 - 9 * int(k)),
-                    fontsize=7)  # fmt: skip
+        ax.annotate(
+            str(key), (xi, yi), textcoords="offset points", xytext=(5, 3 - 9 * int(k)), fontsize=7
+        )
     if "is_baseline" in rows.columns and rows["is_baseline"].any():
         b = rows["is_baseline"].to_numpy(bool)
-        ax.plot(x[b], y[b], marker="*", markersize=14, linestyle="none", color="C2",
-                label="baseline")  # fmt: skip
+        ax.plot(
+            x[b], y[b], marker="*", markersize=14, linestyle="none", color="C2", label="baseline"
+        )
     ax.set_xscale("log")
     ax.margins(x=0.2)  # room for the labels of the cheapest and the dearest configurations
     ax.set_xlabel("trainable parameters (log scale)")
@@ -253,8 +264,14 @@ def plot_importance(importance: pd.DataFrame, path: str | Path, metric: str = "v
     ax = fig.add_subplot()
     ax.barh(table["param"].astype(str), np.nan_to_num(values, nan=0.0), color="C0")
     for i, v in enumerate(values):
-        ax.annotate("n/a" if math.isnan(v) else f"{v:.3f}", (0 if math.isnan(v) else v, i),
-                    textcoords="offset points", xytext=(3, 0), va="center", fontsize=8)  # fmt: skip
+        ax.annotate(
+            "n/a" if math.isnan(v) else f"{v:.3f}",
+            (0 if math.isnan(v) else v, i),
+            textcoords="offset points",
+            xytext=(3, 0),
+            va="center",
+            fontsize=8,
+        )
     note = importance.attrs.get("note", "")
     if note:
         ax.text(0.5, -0.25, note, transform=ax.transAxes, ha="center", fontsize=8, color="0.3")

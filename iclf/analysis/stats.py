@@ -26,9 +26,9 @@ __all__ = [
     "TTest",
     "mean_std_ci",
     "paired_t_test",
-    "welch_t_test",
-    "t_sf",
     "t_ppf",
+    "t_sf",
+    "welch_t_test",
 ]
 
 

@@ -120,7 +120,9 @@ def resolve_baseline(trials: pd.DataFrame, baseline: Mapping[str, Any] | str) ->
     for name, value in baseline.items():
         col = name if str(name).startswith(PARAM_PREFIX) else PARAM_PREFIX + str(name)
         if col not in cols:
-            raise ValueError(f"baseline parameter {name!r} is not an ablated parameter; have {cols}")
+            raise ValueError(
+                f"baseline parameter {name!r} is not an ablated parameter; have {cols}"
+            )
         wanted[col] = value
     mask = np.ones(len(trials), dtype=bool)
     for col, value in wanted.items():
@@ -231,7 +233,8 @@ def summarize(
         if "trainable_params" in rows.columns:
             counts = rows["trainable_params"].dropna()
             record["trainable_params"] = int(counts.iloc[0]) if len(counts) else math.nan
-        record["device_hours"] = float(np.nansum(everything["device_seconds"].to_numpy(float))) / 3600
+        seconds = np.nansum(everything["device_seconds"].to_numpy(float))
+        record["device_hours"] = float(seconds) / 3600
         if base_key is not None:
             record["is_baseline"] = key == base_key
             if key == base_key:
@@ -293,6 +296,6 @@ def summarize_sweep(
         metrics=tuple(metrics),
         params=tuple(param_columns(trials)),
         n_trials=len(trials),
-        n_finished=int(len(finished_trials(trials))),
+        n_finished=len(finished_trials(trials)),
         alpha=alpha,
     )

@@ -60,9 +60,9 @@ class _View:
         self.alpha = alpha
         self.decimals = decimals
         self.has_baseline = "is_baseline" in table.columns and f"delta {self.primary}" in table
-        self.baseline = (
-            str(table.loc[table["is_baseline"], "config_key"].iloc[0]) if self.has_baseline else None
-        )
+        self.baseline = None
+        if self.has_baseline:
+            self.baseline = str(table.loc[table["is_baseline"], "config_key"].iloc[0])
         self.best = {m: self._best(m) for m in self.metrics}
 
     def _best(self, metric: str) -> set[int]:
@@ -196,7 +196,8 @@ def _tex_escape(text: str) -> str:
 
 
 def _tex_unescape(text: str) -> str:
-    pattern = "|".join(re.escape(v) for v in sorted(_LATEX_SPECIALS.values(), key=len, reverse=True))
+    escapes = sorted(_LATEX_SPECIALS.values(), key=len, reverse=True)
+    pattern = "|".join(re.escape(v) for v in escapes)
     inverse = {v: k for k, v in _LATEX_SPECIALS.items()}
     return re.sub(pattern, lambda m: inverse[m.group(0)], text)
 
@@ -257,9 +258,10 @@ def parse_latex(text: str) -> pd.DataFrame:
         head = text.split(r"\toprule", 1)[1].split(r"\midrule", 1)
         rows_text = head[1].split(r"\bottomrule", 1)[0]
     except IndexError:
-        raise ValueError(r"no booktabs table (\toprule ... \midrule ... \bottomrule) found") from None
+        raise ValueError(r"no booktabs table (\toprule, \midrule, \bottomrule) found") from None
     header = _split_row(head[0].strip().removesuffix(r"\\"), "&")
-    header = [h.replace("$n$", "n").replace(r"$\Delta$", "Δ").replace("($p$)", "(p)") for h in header]
+    for tex, plain in (("$n$", "n"), (r"$\Delta$", "Δ"), ("($p$)", "(p)")):
+        header = [h.replace(tex, plain) for h in header]
     body = [
         _split_row(line.strip().removesuffix(r"\\"), "&")
         for line in rows_text.strip().splitlines()
@@ -268,9 +270,13 @@ def parse_latex(text: str) -> pd.DataFrame:
     # the configuration cell keeps its escapes (\$); the others lose their math-mode dollars
     body = [[row[0], *(c.replace("$^{*}$", "*").replace("$", "") for c in row[1:])] for row in body]
     return _parse_cells(
-        [_tex_unescape(h) for h in header], body, bold=r"\\textbf\{(.*?)\}", plus=r"\pm",
-        unescape=_tex_unescape, missing=_LATEX_MISSING,
-    )  # fmt: skip
+        [_tex_unescape(h) for h in header],
+        body,
+        bold=r"\\textbf\{(.*?)\}",
+        plus=r"\pm",
+        unescape=_tex_unescape,
+        missing=_LATEX_MISSING,
+    )
 
 
 # --- shared parsing --------------------------------------------------------------------------
@@ -365,7 +371,10 @@ def format_console(
 
 
 def write_tables(
-    summary: pd.DataFrame | SweepSummary, out_dir: str | Path, stem: str = "summary", decimals: int = 2
+    summary: pd.DataFrame | SweepSummary,
+    out_dir: str | Path,
+    stem: str = "summary",
+    decimals: int = 2,
 ) -> dict[str, Path]:
     """``<stem>.csv``, ``.md``, ``.tex`` and ``.txt`` (the console table) under ``out_dir``."""
     out = Path(out_dir)

@@ -36,7 +36,8 @@ def test_table_lists_exactly_the_ablated_parameters(trials):
 
 @pytest.mark.parametrize("evaluator", ["fanova", "mean_decrease_impurity"])
 def test_seeded_evaluators_label_scores_correctly(trials, evaluator):
-    pytest.importorskip("sklearn") if evaluator == "mean_decrease_impurity" else None
+    if evaluator == "mean_decrease_impurity":
+        pytest.importorskip("sklearn")  # Optuna's MDI evaluator fits a scikit-learn forest
     first = param_importances(trials, evaluator=evaluator, seed=0)
     again = param_importances(trials, evaluator=evaluator, seed=0)
     assert first["param"].iloc[0] == "lora.rank"  # guards the Optuna name-order mislabelling
@@ -70,8 +71,9 @@ def test_degenerate_sweeps_do_not_raise():
         table = param_importances(one)
     assert table["importance"].tolist() == [1.0]
 
-    flat, _ = synthetic_sweep({"lora.rank": [0, 8], "fusion.depth": [1, 2]}, effect=lambda c: 50.0,
-                              noise=0.0)  # fmt: skip
+    flat, _ = synthetic_sweep(
+        {"lora.rank": [0, 8], "fusion.depth": [1, 2]}, effect=lambda c: 50.0, noise=0.0
+    )
     with pytest.warns(UserWarning, match="constant"):
         table = param_importances(flat)
     assert table["importance"].isna().all() and len(table) == 2

@@ -16,7 +16,8 @@ GRID = {"lora.rank": [0, 4, 16], "fusion.depth": [1, 2]}
 @pytest.fixture(scope="module")
 def sweep():
     trials, curves = synthetic_sweep(GRID, seeds=(0, 1, 2), epochs=3)
-    table = summarize(trials, metrics=["val/R1", "val/mAP"], baseline={"lora.rank": 0, "fusion.depth": 1})
+    baseline = {"lora.rank": 0, "fusion.depth": 1}
+    table = summarize(trials, metrics=["val/R1", "val/mAP"], baseline=baseline)
     return trials, curves, table
 
 
@@ -52,8 +53,8 @@ def test_cost_benefit_and_curves(sweep, tmp_path):
     _, curves, table = sweep
     _check_png(plots.plot_cost_benefit(table, tmp_path / "cost.png"), min_kb=20)
     _check_png(plots.plot_curves(curves, tmp_path / "curves.png"), min_kb=20)
-    subset = plots.plot_curves(curves, tmp_path / "two.png", metric="val/mAP",
-                               configs=["lora.rank=0,fusion.depth=1", "lora.rank=16,fusion.depth=2"])  # fmt: skip
+    two = ["lora.rank=0,fusion.depth=1", "lora.rank=16,fusion.depth=2"]
+    subset = plots.plot_curves(curves, tmp_path / "two.png", metric="val/mAP", configs=two)
     _check_png(subset)
 
 
@@ -66,7 +67,7 @@ def test_importance_chart(sweep, tmp_path):
 
 
 def test_bad_inputs_are_named(sweep, tmp_path):
-    trials, curves, table = sweep
+    _, curves, table = sweep
     with pytest.raises(ValueError, match="test/R1"):
         plots.plot_metric_vs_params(table, tmp_path / "x.png", metric="test/R1")
     with pytest.raises(ValueError, match="error"):

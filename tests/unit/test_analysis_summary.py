@@ -29,15 +29,22 @@ def _run(rank, seed, r1, status="FINISHED", test=None, hours=1.0):
 @pytest.fixture
 def trials():
     rows = [
-        _run(0, 0, 60.0), _run(0, 1, 61.0), _run(0, 2, 62.0),
+        _run(0, 0, 60.0),
+        _run(0, 1, 61.0),
+        _run(0, 2, 62.0),
         _run(0, 3, 0.0, status="FAILED"),  # would drag the baseline mean down if counted
         # same seeds as the baseline: a paired test; the gain is consistent across seeds
-        _run(8, 0, 62.0), _run(8, 1, 63.1), _run(8, 2, 64.0),
+        _run(8, 0, 62.0),
+        _run(8, 1, 63.1),
+        _run(8, 2, 64.0),
         _run(8, 9, 99.0, status="KILLED"),
         # other seeds than the baseline: Welch
-        _run(16, 0, 63.0), _run(16, 1, 65.0), _run(16, 2, 64.0), _run(16, 3, 66.0, test=math.nan),
+        _run(16, 0, 63.0),
+        _run(16, 1, 65.0),
+        _run(16, 2, 64.0),
+        _run(16, 3, 66.0, test=math.nan),
         _run(32, 5, 70.0),  # a single seed
-    ]  # fmt: skip
+    ]
     return pd.DataFrame(rows)
 
 

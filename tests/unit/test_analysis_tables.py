@@ -17,14 +17,17 @@ def summary():
     trials, _ = synthetic_sweep({"lora.rank": [0, 4, 16], "fusion.depth": [1, 2]}, seeds=(0, 1, 2))
     # an awkward key (LaTeX and Markdown specials) on a config with a single seed
     odd = trials.iloc[[0]].assign(
-        run_id="odd", config_key="loss.mask_global_text=true,a&b|c$%#{x}~^", seed=7,
+        run_id="odd",
+        config_key="loss.mask_global_text=true,a&b|c$%#{x}~^",
+        seed=7,
         **{"param.lora.rank": 2, "val/R1": 99.0, "test/mAP": np.nan},
-    )  # fmt: skip
+    )
     # a configuration whose seeds differ from the baseline's: Welch
     welch = trials[trials["config_key"] == "lora.rank=4,fusion.depth=1"].assign(
-        seed=lambda f: f["seed"] + 10, config_key="lora.rank=8,fusion.depth=1",
+        seed=lambda f: f["seed"] + 10,
+        config_key="lora.rank=8,fusion.depth=1",
         **{"param.lora.rank": 8, "run_id": lambda f: f["run_id"] + "w"},
-    )  # fmt: skip
+    )
     trials = pd.concat([trials, odd, welch], ignore_index=True)
     return summarize_sweep(trials, baseline={"lora.rank": 0, "fusion.depth": 1})
 
@@ -57,8 +60,16 @@ def test_markdown_round_trip(summary):
 
 def test_latex_round_trip(summary):
     text = tables.to_latex(summary, caption="CUHK-PEDES ablation.", label="tab:rank")
-    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:rank}", r"$\pm$",
-                  r"\textbf{99.00}", r"\_", r"\&"):  # fmt: skip
+    for token in (
+        r"\toprule",
+        r"\midrule",
+        r"\bottomrule",
+        r"\label{tab:rank}",
+        r"$\pm$",
+        r"\textbf{99.00}",
+        r"\_",
+        r"\&",
+    ):
         assert token in text
     assert text.count(r"\begin{tabular}{l" + "r" * 8 + "}") == 1
     _check_parsed(tables.parse_latex(text), summary)
@@ -80,8 +91,10 @@ def test_metric_subset_and_missing_metrics():
     assert "test/R1" not in text and "Δ" not in text  # no baseline, no comparison column
     parsed = tables.parse_markdown(text)
     assert [c for c in parsed.columns if c.endswith(" mean")] == [
-        "val/R1 mean", "val/mAP mean", "val/mINP mean",
-    ]  # fmt: skip
+        "val/R1 mean",
+        "val/mAP mean",
+        "val/mINP mean",
+    ]
     only = tables.parse_latex(tables.to_latex(table, metrics=["val/mAP"]))
     assert list(only.columns) == ["n", "val/mAP mean", "val/mAP std", "val/mAP best"]
     with pytest.raises(ValueError, match="val/R5"):
