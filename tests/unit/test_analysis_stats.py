@@ -2,6 +2,8 @@
 
 import itertools
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +83,15 @@ def test_pure_t_distribution_matches_scipy():
         assert stats._t_sf_pure(t, df) == pytest.approx(scipy_stats.t.sf(t, df), rel=1e-9)
     for p, df in itertools.product([1e-5, 0.05, 0.4, 0.9, 0.975, 0.9999], [1, 3.3, 9, 120]):
         assert stats._t_ppf_pure(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_without_scipy_the_pure_distribution_is_used():
+    code = (
+        "import sys; sys.modules['scipy'] = None\n"
+        "from iclf.analysis import stats\n"
+        "assert stats._scipy_stats is None\n"
+        "assert abs(stats.mean_std_ci([1, 2, 3, 4, 5]).ci - 1.9632) < 1e-4\n"
+        f"assert abs(stats.paired_t_test({DRUG1}, {DRUG2}).p - 0.002833) < 1e-6\n"
+        f"assert abs(stats.welch_t_test({DRUG1}, {DRUG2}).p - 0.07939) < 1e-5\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
