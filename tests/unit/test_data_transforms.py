@@ -88,3 +88,30 @@ def test_random_erasing_fills_with_the_mean(image):
 def test_bad_size_refused():
     with pytest.raises(ValueError, match="image_size"):
         build_test_transform((384,))
+
+
+def test_shift_equals_zero_pad_then_crop(image):
+    from torchvision.transforms.v2 import functional as F
+
+    from iclf.data.transforms import shift
+
+    h, w = image.shape[-2:]
+    padded = F.pad(image, [10], fill=0)
+    for dy in (-10, -3, 0, 7, 10):
+        for dx in (-10, -1, 0, 4, 10):
+            expected = F.crop(padded, 10 + dy, 10 + dx, h, w)
+            assert torch.equal(shift(image, dy, dx), expected)
+
+
+def test_train_transform_deterministic_under_torch_seed(image):
+    tf = build_train_transform(SIZE)
+    torch.manual_seed(3)
+    a = [tf(image) for _ in range(5)]
+    torch.manual_seed(3)
+    b = [tf(image) for _ in range(5)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_non_uint8_input_refused():
+    with pytest.raises(TypeError, match="uint8"):
+        build_test_transform(SIZE)(torch.zeros(3, 8, 8))
