@@ -126,6 +126,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config_file is not None and config_file.startswith("--"):
         extra.insert(0, config_file)
         config_file = None
+    # argparse's REMAINDER keeps our own flags when they come after the overrides: take them out.
+    if "--no-progress" in extra:
+        extra.remove("--no-progress")
+        args.no_progress = True
+    if "--dry-run" in extra:
+        extra.remove("--dry-run")
+        args.dry_run = True
+    if "--resume" in extra:
+        i = extra.index("--resume")
+        if i + 1 >= len(extra):
+            raise UsageError("--resume needs a checkpoint directory")
+        args.resume = extra[i + 1]
+        del extra[i:i + 2]
     kv = [a for a in extra if not a.startswith("--") and "=" in a]
     flags = [a for a in extra if a not in kv]
     legacy, dataset = legacy_to_overrides(flags)
@@ -205,9 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_test)
 
-    from iclf.data.cli import add_data_parser
-
-    add_data_parser(sub)
+    _add_optional(sub, "iclf.data.cli", "add_data_parser")
     _add_optional(sub, "iclf.sweep.cli", "add_sweep_parser")
     _add_optional(sub, "iclf.analysis.cli", "add_analysis_parsers")
     _add_optional(sub, "iclf.demo", "add_demo_parser")

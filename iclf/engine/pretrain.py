@@ -43,7 +43,7 @@ def _pretrain(path: Path, *, backbone, image_size, dataset, ids, images_per_id, 
               lr, seed, progress) -> Path:
     from iclf.data.datasets import TrainPairs, collate
     from iclf.data.pedes import load_pedes
-    from iclf.data.synthetic import ensure_synthetic
+    from iclf.engine.prepare import ensure_synthetic
     from iclf.data.transforms import build_train_transform
     from iclf.engine.checkpoint import save_atomic
     from iclf.engine.seed import seed_everything

@@ -104,7 +104,7 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True):
 
     root = Path(cfg.data.root)
     if cfg.data.synthetic is not None:
-        from iclf.data.synthetic import ensure_synthetic
+        from iclf.engine.prepare import ensure_synthetic
 
         s = cfg.data.synthetic
         ensure_synthetic(root, cfg.data.dataset, ids=s.ids, images_per_id=s.images_per_id, seed=s.seed)
