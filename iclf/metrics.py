@@ -1,15 +1,17 @@
 """Text-to-image retrieval metrics: R1/R5/R10 (CMC), mAP and mINP, method.md section 5.
 
-The computation walks over chunks of queries and never sorts a full gallery row. For a query
-with R relevant gallery items (same pid) whose scores, sorted descending, are r_1 >= ... >= r_R,
+The computation walks over chunks of queries and never sorts a gallery row. For a query with
+R relevant gallery items (same pid) whose scores, sorted descending, are r_1 >= ... >= r_R,
 the 1-based rank of the k-th relevant item is
 
-    rank_k = k + #{non-relevant m : S[n, m] > r_k},
+    rank_k = k + #{non-relevant m : S[n, m] > r_k}.
 
-so only the R relevant scores are sorted (``topk``), and each non-relevant score is placed among
-them with ``searchsorted`` and counted in a histogram of R + 1 bins. This is O(G log R) per
-query against the O(G log G) of a full ``argsort``, and memory is O(chunk_size * G).
-Then, as in 5:
+Only the R relevant scores are gathered (through a pid -> gallery index table) and sorted.
+Every score of the row is then placed among those R thresholds with one batched
+``searchsorted`` (O(G log R) per query instead of the O(G log G) of a full ``argsort``), a
+histogram of the positions (``bincount``) and a reverse cumulative sum give each count, and the
+relevant items' own positions are subtracted. Memory stays O(chunk_size * G): a few int32
+tensors of the chunk's size. Then, as in 5:
 
 * CMC@K = 1[rank_1 <= K];  AP = (1/R) sum_k k / rank_k;  INP = R / rank_R.
 
@@ -21,6 +23,8 @@ Conventions (choices documented here):
 * A query without any relevant gallery item raises ``ValueError`` (AP and INP are undefined).
 * A gallery with fewer than 10 items is accepted: CMC@K for K >= G is then computed with what
   exists (it is 100, since every query has a relevant item). IRRA would fail indexing CMC[9].
+* Scores must be finite (NaN or inf raises ``ValueError``); half / bfloat16 scores are compared
+  in float32, float64 scores in float64.
 """
 
 from __future__ import annotations
@@ -33,18 +37,42 @@ RANKS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_CHUNK_SIZE = 256
 
 
+class _GalleryIndex:
+    """Gallery indices grouped by pid, to gather each query's relevant scores directly."""
+
+    def __init__(self, gallery_pids: torch.Tensor) -> None:
+        self.pids = gallery_pids
+        self.order = torch.argsort(gallery_pids, stable=True)
+        self.unique, self.counts = torch.unique_consecutive(
+            gallery_pids[self.order], return_counts=True
+        )
+        self.starts = self.counts.cumsum(0) - self.counts
+
+    def locate(self, query_pids: torch.Tensor) -> torch.Tensor:
+        """Position of each query pid in ``unique``; raises if a pid has no gallery item."""
+        pos = torch.searchsorted(self.unique, query_pids).clamp(max=self.unique.numel() - 1)
+        missing = self.unique[pos] != query_pids
+        if bool(missing.any()):
+            bad = missing.nonzero().flatten()
+            raise ValueError(
+                f"{bad.numel()} queries have no relevant gallery item (same pid), first query "
+                f"index {int(bad[0])} with pid {int(query_pids[bad[0]])}"
+            )
+        return pos
+
+
 class _Accumulator:
     """Sums of the per-query CMC hits, AP and INP over the chunks (float64)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gallery_pids: torch.Tensor) -> None:
+        self.gallery = _GalleryIndex(gallery_pids)
         self.count = 0
         self.hits = {k: 0 for k in RANKS}
         self.ap = 0.0
         self.inp = 0.0
 
-    def add(self, sim: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor,
-            offset: int) -> None:
-        rank_first, ap, inp = _chunk_stats(sim, query_pids, gallery_pids, offset)
+    def add(self, sim: torch.Tensor, query_pids: torch.Tensor, offset: int) -> None:
+        rank_first, ap, inp = _chunk_stats(sim, query_pids, self.gallery, offset)
         self.count += sim.shape[0]
         for k in RANKS:
             self.hits[k] += int((rank_first <= k).sum())
@@ -58,44 +86,56 @@ class _Accumulator:
         return out
 
 
+def _check_finite(sim: torch.Tensor, offset: int) -> None:
+    # One fast reduction; the exact (slower) test runs only when the sum is not finite.
+    if not bool(torch.isfinite(sim.sum())) and not bool(torch.isfinite(sim).all()):
+        raise ValueError(
+            f"similarity rows {offset}..{offset + sim.shape[0] - 1} contain NaN or inf"
+        )
+
+
 def _chunk_stats(
-    sim: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor, offset: int
+    sim: torch.Tensor, query_pids: torch.Tensor, gallery: _GalleryIndex, offset: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-query (rank of the first relevant item, AP, INP) for a [c, G] chunk of scores."""
     if sim.dtype not in (torch.float32, torch.float64):
-        sim = sim.float()  # half / bfloat16 scores are compared in float32
-    if not bool(torch.isfinite(sim).all()):
-        raise ValueError(f"similarity rows {offset}..{offset + sim.shape[0] - 1} contain NaN or inf")
-    relevant = query_pids.unsqueeze(1) == gallery_pids.unsqueeze(0)  # (c, G)
-    num_rel = relevant.sum(dim=1)  # (c,)
-    if bool((num_rel == 0).any()):
-        bad = (num_rel == 0).nonzero().flatten()
-        raise ValueError(
-            f"{bad.numel()} queries have no relevant gallery item (same pid), first query index "
-            f"{offset + int(bad[0])} with pid {int(query_pids[bad[0]])}"
-        )
+        sim = sim.float()
+    sim = sim.contiguous()  # searchsorted walks rows; a no-op for row slices of a dense matrix
+    _check_finite(sim, offset)
+    rows, size = sim.shape
+    device = sim.device
+    pos = gallery.locate(query_pids)
+    num_rel = gallery.counts[pos]  # (c,)
     max_rel = int(num_rel.max())
-    neg_inf = torch.tensor(float("-inf"), dtype=sim.dtype, device=sim.device)
+    width = max_rel + 1
 
-    # Relevant scores, descending; rows with fewer than max_rel relevant items end in -inf.
-    rel_desc = torch.where(relevant, sim, neg_inf).topk(max_rel, dim=1).values  # (c, R)
-    rel_asc = rel_desc.flip(1).contiguous()
-    # For every non-relevant item, the number of relevant scores strictly below it; relevant
-    # items become -inf and land in bin 0, which never counts.
-    nonrel = torch.where(relevant, neg_inf, sim)
-    below = torch.searchsorted(rel_asc, nonrel, right=False)  # (c, G) in 0..R
-    hist = torch.zeros(sim.shape[0], max_rel + 1, dtype=torch.long, device=sim.device)
-    hist.scatter_add_(1, below, torch.ones_like(below))
-    # above_asc[:, i] = #{non-relevant m : S[m] > rel_asc[:, i]} = sum_{j > i} hist[:, j]
-    above_asc = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # (c, R)
-    above_desc = above_asc.flip(1)  # aligned with rel_desc
-    k = torch.arange(1, max_rel + 1, device=sim.device, dtype=torch.float64)
-    ranks = k + above_desc.to(torch.float64)  # (c, R), rank of the k-th relevant item
-    valid = k.unsqueeze(0) <= num_rel.unsqueeze(1)
+    # Relevant scores ascending; padding (+inf) after the R_n real ones of each row.
+    steps = torch.arange(max_rel, device=device)
+    valid = steps.unsqueeze(0) < num_rel.unsqueeze(1)  # (c, R)
+    slots = (gallery.starts[pos].unsqueeze(1) + steps).clamp(max=size - 1)
+    rel = sim.gather(1, gallery.order[slots])
+    rel_asc = torch.where(valid, rel, torch.full_like(rel, float("inf"))).sort(dim=1).values
+
+    # bins[n, j] = #{non-relevant m : exactly j relevant scores lie strictly below S[n, m]}:
+    # histogram every item of the row, then take the relevant items' own positions out.
+    small = rows * width < 2**31  # int32 positions halve the memory traffic
+    index_dtype = torch.int32 if small else torch.int64
+    row_base = torch.arange(rows, device=device, dtype=index_dtype).unsqueeze(1) * width
+    below = torch.searchsorted(rel_asc, sim, out_int32=small)  # (c, G) in 0..R
+    bins = torch.bincount((below + row_base).flatten(), minlength=rows * width)
+    rel_below = torch.searchsorted(rel_asc, rel_asc, out_int32=small)  # pads are not in sim
+    bins -= torch.bincount((rel_below + row_base)[valid], minlength=rows * width)
+    bins = bins.view(rows, width)
+    # above[n, i] = #{non-relevant m : S[n, m] > rel_asc[n, i]} = sum_{j > i} bins[n, j]
+    above = bins.flip(1).cumsum(1).flip(1)[:, 1:].to(torch.float64)  # (c, R)
+
+    # rel_asc[n, i] is the k-th best relevant item with k = R_n - i.
+    k = (num_rel.unsqueeze(1) - steps.unsqueeze(0)).to(torch.float64)
+    ranks = k + above
     ap = torch.where(valid, k / ranks, torch.zeros_like(ranks)).sum(1) / num_rel
-    last = ranks.gather(1, (num_rel - 1).unsqueeze(1)).squeeze(1)
-    inp = num_rel.to(torch.float64) / last
-    return ranks[:, 0], ap, inp
+    inp = num_rel.to(torch.float64) / ranks[:, 0]
+    rank_first = ranks.gather(1, (num_rel - 1).unsqueeze(1)).squeeze(1)
+    return rank_first, ap, inp
 
 
 def _check_pids(similarity_shape: tuple[int, int], query_pids: torch.Tensor,
@@ -105,6 +145,9 @@ def _check_pids(similarity_shape: tuple[int, int], query_pids: torch.Tensor,
         raise ValueError(f"query_pids must have shape [{q}]; got {tuple(query_pids.shape)}")
     if gallery_pids.dim() != 1 or gallery_pids.shape[0] != g:
         raise ValueError(f"gallery_pids must have shape [{g}]; got {tuple(gallery_pids.shape)}")
+    for name, pids in (("query_pids", query_pids), ("gallery_pids", gallery_pids)):
+        if pids.dtype.is_floating_point or pids.dtype.is_complex or pids.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor; got {pids.dtype}")
     if q == 0 or g == 0:
         raise ValueError(f"retrieval needs at least one query and one gallery item; got {q} x {g}")
 
@@ -130,12 +173,12 @@ def retrieval_metrics(
         raise ValueError(f"similarity must be [Q, G]; got {tuple(similarity.shape)}")
     _check_pids(tuple(similarity.shape), query_pids, gallery_pids)
     _check_chunk_size(chunk_size)
-    query_pids = query_pids.to(similarity.device)
-    gallery_pids = gallery_pids.to(similarity.device)
-    acc = _Accumulator()
+    query_pids = query_pids.to(similarity.device, torch.long)
+    acc = _Accumulator(gallery_pids.to(similarity.device, torch.long))
+    acc.gallery.locate(query_pids)  # every query needs a relevant item: fail before any work
     for start in range(0, similarity.shape[0], chunk_size):
         stop = start + chunk_size
-        acc.add(similarity[start:stop], query_pids[start:stop], gallery_pids, start)
+        acc.add(similarity[start:stop], query_pids[start:stop], start)
     return acc.result()
 
 
@@ -161,11 +204,11 @@ def evaluate_features(
     _check_chunk_size(chunk_size)
     gallery = F.normalize(image_feats.float(), dim=-1)
     device = gallery.device
-    text_pids = text_pids.to(device)
-    image_pids = image_pids.to(device)
-    acc = _Accumulator()
+    text_pids = text_pids.to(device, torch.long)
+    acc = _Accumulator(image_pids.to(device, torch.long))
+    acc.gallery.locate(text_pids)
     for start in range(0, text_feats.shape[0], chunk_size):
         stop = start + chunk_size
         queries = F.normalize(text_feats[start:stop].to(device).float(), dim=-1)
-        acc.add(queries @ gallery.t(), text_pids[start:stop], image_pids, start)
+        acc.add(queries @ gallery.t(), text_pids[start:stop], start)
     return acc.result()

@@ -10,10 +10,12 @@ from iclf.metrics import evaluate_features, retrieval_metrics
 
 
 def _reference(sim: torch.Tensor, query_pids: list[int], gallery_pids: list[int]) -> dict:
-    """Direct per-query implementation of method.md 5 with a full sort of each row."""
+    """Direct per-query implementation of method.md 5 with a full sort of each row.
+
+    Ties are broken in favour of relevant items (the documented convention)."""
     r1 = r5 = r10 = ap_sum = inp_sum = 0.0
     for n, row in enumerate(sim.tolist()):
-        order = sorted(range(len(row)), key=lambda m: -row[m])
+        order = sorted(range(len(row)), key=lambda m: (-row[m], gallery_pids[m] != query_pids[n]))
         rel = [1 if gallery_pids[m] == query_pids[n] else 0 for m in order]
         total = sum(rel)
         first = rel.index(1) + 1
@@ -57,6 +59,31 @@ def test_matches_direct_reference_on_random_data(seed: int) -> None:
     want = _reference(sim, query_pids.tolist(), gallery_pids.tolist())
     for key in want:
         assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-9), key
+
+
+def test_ties_follow_the_documented_convention() -> None:
+    gen = torch.Generator().manual_seed(5)
+    gallery_pids = torch.randint(0, 4, (25,), generator=gen)
+    query_pids = gallery_pids[torch.randint(0, 25, (30,), generator=gen)]
+    sim = torch.randint(0, 4, (30, 25), generator=gen).float()  # many ties of every kind
+    got = retrieval_metrics(sim, query_pids, gallery_pids, chunk_size=7)
+    want = _reference(sim, query_pids.tolist(), gallery_pids.tolist())
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-9), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes_and_non_contiguous_input(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(6)
+    gallery_pids = torch.arange(12) % 5
+    query_pids = torch.arange(20) % 5
+    # distinct multiples of 1/16, exact in every dtype here
+    sim = torch.stack([torch.randperm(12, generator=gen) for _ in range(20)]).double() / 16
+    want = _reference(sim, query_pids.tolist(), gallery_pids.tolist())
+    as_columns = sim.to(dtype).t().contiguous().t()  # same values, column-major storage
+    got = retrieval_metrics(as_columns, query_pids.int(), gallery_pids, chunk_size=3)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
 
 
 def test_chunk_size_does_not_change_results() -> None:
@@ -105,3 +132,8 @@ def test_evaluate_features_matches_similarity_path() -> None:
             assert got[key] == pytest.approx(want[key], rel=1e-9), key
     with pytest.raises(ValueError, match="share D"):
         evaluate_features(text_feats, image_feats[:, :8], text_pids, image_pids)
+
+
+def test_float_pids_are_refused() -> None:
+    with pytest.raises(ValueError, match="integer"):
+        retrieval_metrics(torch.rand(1, 2), torch.tensor([0.0]), torch.tensor([0, 1]))
