@@ -14,6 +14,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """Register the ``data`` command and its ``stats`` and ``synth`` subcommands."""
     parser = subparsers.add_parser("data", help="dataset statistics and synthetic data",
                                    description="Inspect PEDES datasets or write a synthetic one.")
+    parser.set_defaults(func=run_data)
     sub = parser.add_subparsers(dest="data_command", metavar="{stats,synth}", required=True)
 
     stats = sub.add_parser("stats", help="identities, images and captions per split",
