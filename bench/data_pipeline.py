@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from iclf.data.pedes import load_pedes  # noqa: E402
 from iclf.data.synthetic import write_synthetic  # noqa: E402
-from iclf.data.transforms import CLIP_MEAN, CLIP_STD, build_train_transform, load_image  # noqa: E402
+from iclf.data.transforms import (CLIP_MEAN, CLIP_STD, build_train_transform,  # noqa: E402
+                                  load_image)
 
 
 def irra_transform(size: tuple[int, int]) -> v1.Compose:

@@ -23,7 +23,8 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 _CHUNK = 4096
 
 
-def tokenize_all(tokenizer: Tokenize, captions: Sequence[str], progress: bool = False) -> torch.Tensor:
+def tokenize_all(tokenizer: Tokenize, captions: Sequence[str],
+                 progress: bool = False) -> torch.Tensor:
     """Tokenise every caption once (duplicates once), stored compactly as int32 ``[N, 77]``."""
     from tqdm import tqdm
 
@@ -39,7 +40,7 @@ def tokenize_all(tokenizer: Tokenize, captions: Sequence[str], progress: bool = 
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 63-bit seed for item ``index`` of ``epoch`` (so a resumed run masks identically)."""
+    """A well-mixed 63-bit seed for item ``index`` of ``epoch``: a resumed run masks identically."""
     state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, epoch, index]).generate_state(
         2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))

@@ -271,7 +271,8 @@ def _parse(raw: bytes, file: str, fmt: DatasetFormat) -> list[_Record]:
         raise DatasetError(file, None, None,
                            f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
-        raise DatasetError(file, None, None, f"malformed JSON: not UTF-8 text ({e.reason})") from None
+        raise DatasetError(file, None, None,
+                           f"malformed JSON: not UTF-8 text ({e.reason})") from None
     if not isinstance(data, list):
         raise DatasetError(file, None, None,
                            f"expected a JSON list of records, got {_kind(data)}")
@@ -302,9 +303,11 @@ def _parse_record(index: int, rec: object, file: str, fmt: DatasetFormat) -> _Re
 
     captions = field("captions")
     if not isinstance(captions, list):
-        raise DatasetError(file, index, "captions", f"expected a list of strings, got {_kind(captions)}")
+        raise DatasetError(file, index, "captions",
+                           f"expected a list of strings, got {_kind(captions)}")
     if not captions:
-        raise DatasetError(file, index, "captions", "empty list: an image needs at least one caption")
+        raise DatasetError(file, index, "captions",
+                           "empty list: an image needs at least one caption")
     for j, c in enumerate(captions):
         if not isinstance(c, str):
             raise DatasetError(file, index, f"captions[{j}]", f"expected a string, got {_kind(c)}")
@@ -337,7 +340,8 @@ def _relative_path(value: str, file: str, index: int, field: str) -> str:
     p = value.replace("\\", "/")
     if p.startswith("/") or _DRIVE.match(p):
         raise DatasetError(file, index, field,
-                           f"absolute path {value!r} refused: paths must be relative to {IMAGE_DIR}/")
+                           f"absolute path {value!r} refused: paths must be relative to "
+                           f"{IMAGE_DIR}/")
     parts = [s for s in p.split("/") if s not in ("", ".")]
     if ".." in parts:
         raise DatasetError(file, index, field,

@@ -136,7 +136,8 @@ def write_synthetic(
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if ids < MIN_IDS:
-        raise ValueError(f"--ids must be at least {MIN_IDS} (train, val and test identities), got {ids}")
+        raise ValueError(f"--ids must be at least {MIN_IDS} (train, val and test identities), "
+                         f"got {ids}")
     if images_per_id < 1:
         raise ValueError(f"--images-per-id must be at least 1, got {images_per_id}")
     if not 0.25 <= scale <= 8:
@@ -258,7 +259,7 @@ def render_jpeg(person: Person, rng: random.Random, scale: float = 1.0) -> bytes
 
 
 def render(person: Person, rng: random.Random, scale: float = 1.0) -> Image.Image:
-    """Draw ``person`` on a cluttered background with a random camera (size, framing, light, blur)."""
+    """Draw ``person`` on a cluttered background; random camera: size, framing, light, blur."""
     width = round(rng.randint(*BASE_WIDTH) * scale)
     height = round(rng.randint(*BASE_HEIGHT) * scale)
     image = Image.new("RGB", (width, height), _muted(rng))
@@ -279,7 +280,8 @@ def render(person: Person, rng: random.Random, scale: float = 1.0) -> Image.Imag
 
 def _muted(rng: random.Random) -> RGB:
     grey = rng.randint(70, 190)
-    return tuple(max(0, min(255, grey + rng.randint(-30, 30))) for _ in range(3))  # type: ignore[return-value]
+    r, g, b = (max(0, min(255, grey + rng.randint(-30, 30))) for _ in range(3))
+    return r, g, b
 
 
 def _background(draw: ImageDraw.ImageDraw, rng: random.Random, w: int, h: int) -> None:

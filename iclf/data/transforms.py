@@ -145,7 +145,8 @@ class ToNormalizedFloat(torch.nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float], normalize: bool = True) -> None:
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need one value per channel and std > 0, got {mean}, {std}")
+            raise ValueError("mean and std need one value per channel and std > 0, "
+                             f"got {mean}, {std}")
         m = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
         sd = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
         self.normalize = normalize
@@ -207,5 +208,6 @@ def build_test_transform(
 
 def _size(image_size: Sequence[int]) -> tuple[int, int]:
     if len(image_size) != 2 or any(int(s) <= 0 for s in image_size):
-        raise ValueError(f"image_size must be (height, width) with positive sides, got {image_size}")
+        raise ValueError("image_size must be (height, width) with positive sides, "
+                         f"got {image_size}")
     return int(image_size[0]), int(image_size[1])

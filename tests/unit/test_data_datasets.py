@@ -54,8 +54,10 @@ def test_mask_global_text_switch(data, tokenizer):
         a, b = faithful[i], separate[i]
         assert torch.equal(a["caption_ids"], a["mlm_ids"])  # published aliasing
         assert torch.equal(b["caption_ids"], clean[i])  # clean caption for the global losses
-        assert torch.equal(a["mlm_ids"], b["mlm_ids"]) and torch.equal(a["mlm_labels"], b["mlm_labels"])
-    assert any(not torch.equal(faithful[i]["caption_ids"], clean[i]) for i in range(len(data.train)))
+        assert torch.equal(a["mlm_ids"], b["mlm_ids"])
+        assert torch.equal(a["mlm_labels"], b["mlm_labels"])
+    assert any(not torch.equal(faithful[i]["caption_ids"], clean[i])
+               for i in range(len(data.train)))
 
 
 def test_masking_settings_reach_the_items(data, tokenizer):

@@ -109,9 +109,11 @@ def test_raw_ids_are_one_based_for_cuhk_and_zero_based_otherwise(synth_root):
                                             ("RSTPReid", "data_captions.json", "img_path")])
 def test_non_contiguous_raw_ids_are_remapped(tmp_path, name, ann, field):
     records = [
-        {"id": 42, field: "a/42_1.jpg", "captions": ["a man in red", "red shirt"], "split": "train"},
+        {"id": 42, field: "a/42_1.jpg", "captions": ["a man in red", "red shirt"],
+         "split": "train"},
         {"id": 5, field: "a/5_1.jpg", "captions": ["a woman in blue"], "split": "train"},
-        {"id": 9, field: "a/9_1.jpg", "captions": ["black coat", "a coat", "third"], "split": "train"},
+        {"id": 9, field: "a/9_1.jpg", "captions": ["black coat", "a coat", "third"],
+         "split": "train"},
         {"id": 5, field: "a/5_2.jpg", "captions": ["blue dress"], "split": "train"},
         {"id": 77, field: "b/77.jpg", "captions": ["val one", "val two"], "split": "val"},
         {"id": 100, field: "c/100.jpg", "captions": ["test one"], "split": "test"},
@@ -149,7 +151,8 @@ def test_icfg_with_both_identical_files_loads(tmp_path):
     records = [{"id": i, "file_path": f"train/{i}.jpg", "captions": ["x"], "split": "train"}
                for i in range(4)]
     root = _write(tmp_path, "ICFG-PEDES", "ICFG-PEDES.json", "file_path", records)
-    shutil.copy(tmp_path / "ICFG-PEDES" / "ICFG-PEDES.json", tmp_path / "ICFG-PEDES" / "ICFG_PEDES.json")
+    base = tmp_path / "ICFG-PEDES"
+    shutil.copy(base / "ICFG-PEDES.json", base / "ICFG_PEDES.json")
     assert load_pedes("ICFG-PEDES", root).annotation_file.endswith("ICFG-PEDES.json")
     (tmp_path / "ICFG-PEDES" / "ICFG_PEDES.json").write_text("[]")
     with pytest.raises(DatasetError, match="both ICFG-PEDES.json and ICFG_PEDES.json exist"):
@@ -164,8 +167,8 @@ def test_icfg_holdout_is_deterministic_disjoint_and_seeded(synth_root):
     val_ids = set(a.val.image_pids)
     assert val_ids and not val_ids & set(a.train_raw_ids) and not val_ids & set(a.test.image_pids)
     assert len(val_ids) == round(0.3 * (len(val_ids) + a.num_train_ids))
-    others = {frozenset(load_pedes("ICFG-PEDES", root, val_fraction=0.3, split_seed=s).val.image_pids)
-              for s in range(2, 8)}
+    others = {frozenset(load_pedes("ICFG-PEDES", root, val_fraction=0.3,
+                                   split_seed=s).val.image_pids) for s in range(2, 8)}
     assert len(others | {frozenset(val_ids)}) > 1  # the seed matters
     none = load_pedes("ICFG-PEDES", root, val_fraction=0.0)
     assert none.stats()["val"] == {"ids": 0, "images": 0, "captions": 0}
@@ -200,3 +203,17 @@ def test_fingerprint_tracks_the_annotation_bytes(tmp_path):
     records[0]["captions"] = ["y"]
     (tmp_path / "RSTPReid" / "data_captions.json").write_text(json.dumps(records))
     assert load_pedes("RSTPReid", root).fingerprint != first
+
+
+def test_through_the_iclf_main_cli(tmp_path, capsys):
+    main = pytest.importorskip("iclf.cli").main
+    assert main(["data", "synth", "--root", str(tmp_path), "--dataset", "RSTPReid", "--ids", "5",
+                 "--images-per-id", "2"]) == 0
+    capsys.readouterr()
+    assert main(["data", "stats", "--root", str(tmp_path), "--dataset", "RSTPReid", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert sum(stats[s]["ids"] for s in stats) == 5
+    assert sum(stats[s]["captions"] for s in stats) == 20
+    assert main(["data", "stats", "--root", str(tmp_path / "none"), "--dataset", "RSTPReid"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]

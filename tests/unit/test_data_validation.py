@@ -150,7 +150,8 @@ def test_icfg_refuses_a_val_split(tmp_path):
 
 def test_no_training_records(tmp_path):
     records = [r for r in GOOD if r["split"] != "train"]
-    expect(write_cuhk(tmp_path, records), record=None, field="split", text="no record has split 'train'")
+    expect(write_cuhk(tmp_path, records), record=None, field="split",
+           text="no record has split 'train'")
 
 
 @pytest.mark.parametrize("path,text", [
@@ -225,10 +226,12 @@ def test_undecodable_image_raises_from_torch_datasets(tmp_path):
 
 
 def test_missing_root_annotation_and_image_dir_say_what_to_put_where(tmp_path):
-    err = expect(tmp_path / "nope", record=None, field=None, text="dataset root directory does not exist")
+    err = expect(tmp_path / "nope", record=None, field=None,
+                 text="dataset root directory does not exist")
     assert "reid_raw.json" in str(err) and "imgs/" in str(err)
     expect(tmp_path, record=None, field=None,
-           text=f"no annotation file found; put the annotation file at {tmp_path}/CUHK-PEDES/reid_raw.json")
+           text="no annotation file found; put the annotation file at "
+                f"{tmp_path}/CUHK-PEDES/reid_raw.json")
     expect(tmp_path, name="ICFG-PEDES", record=None, field=None,
            text="ICFG-PEDES.json or ")
     (tmp_path / "CUHK-PEDES").mkdir()
