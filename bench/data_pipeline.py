@@ -3,8 +3,9 @@
 Both pipelines turn a JPEG file into an augmented, normalised float32 [3, 384, 128] tensor
 (method.md 3.1: resize, flip, pad 10 + random crop, normalise, random erasing):
 
-* project: ``torchvision.io.decode_image`` on the file bytes + ``transforms.v2`` on uint8 tensors
-  (:func:`iclf.data.transforms.load_image` + :func:`build_train_transform`);
+* project: ``torchvision.io.decode_image`` on the file bytes + tensor ops on uint8
+  (:func:`iclf.data.transforms.load_image` + :func:`build_train_transform`, built on
+  ``transforms.v2.functional``);
 * baseline (IRRA style): ``PIL.Image.open(...).convert("RGB")`` + ``torchvision.transforms`` v1
   (Resize, RandomHorizontalFlip, Pad, RandomCrop, ToTensor, Normalize, RandomErasing).
 
@@ -118,7 +119,8 @@ def main() -> None:
         "speedup": round(statistics.median(project) / statistics.median(baseline), 2),
         "project_rounds": [round(x, 1) for x in project],
         "baseline_rounds": [round(x, 1) for x in baseline],
-        "project": "torchvision.io.decode_image(file bytes) + transforms.v2 on uint8 tensors",
+        "project": "torchvision.io.decode_image(file bytes) + transforms.v2.functional on uint8 "
+                   "tensors (iclf.data.transforms)",
         "baseline": "PIL open/convert RGB + torchvision.transforms v1 (IRRA style)",
         "synthetic_seconds": round(synth.seconds, 2),
         "torch": torch.__version__,
