@@ -8,9 +8,10 @@ Prints one JSON object with three parts.
   features plus an MLM-style pass (fusion, MLM logits at ~15 % of the text positions, their
   log-sum-exp). Seconds per sample are the median step over ``--steps`` timed steps (after one
   warm-up) divided by the batch (the minimum is reported too: on a shared machine it is the
-  better estimate of the uncontended time; one torch thread by default). Memory is the peak resident set size, ``ru_maxrss`` from
-  ``resource.getrusage(RUSAGE_SELF)``, of a fresh subprocess per case, reported with the resident
-  size just before the first step (``VmRSS``) and their difference (the step's own peak).
+  better estimate of the uncontended time; one torch thread by default). Memory is the peak
+  resident set size, ``ru_maxrss`` from ``resource.getrusage(RUSAGE_SELF)``, of a fresh
+  subprocess per case, reported with the resident size just before the first step (``VmRSS``)
+  and their difference (the step's own peak).
 * ``param_counts``: ViT-B-16 at 384x128, built on the meta device (no weights, no memory):
   trainable parameters of the backbone with LoRA at ranks 4/8/16/32/64 (q, k, v, out, mlp, both
   towers), checked against the closed form ``r (in + out)`` per targeted linear, and the whole
@@ -28,6 +29,7 @@ Usage: python bench/model_step.py [--steps 10] [--threads 1]
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -221,9 +223,6 @@ def gpu_case(rank: int, device: torch.device, backbone: str = "ViT-B-16", batch:
         out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         out["peak_memory_fraction"] = round(torch.cuda.max_memory_allocated(device)
                                             / props.total_memory, 4)
-    del model, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return out
 
 
@@ -237,8 +236,15 @@ def gpu_part() -> dict | None:
         "peak_bf16_flops": peak_bf16_flops(name),
         "setting": "ViT-B-16 384x128 batch 64, bf16 autocast, fp32 weights, AdamW step included",
         "full_finetune": gpu_case(0, device),
-        "lora_r16": gpu_case(16, device),
+        "lora_r16": _after_cleanup(lambda: gpu_case(16, device)),
     }
+
+
+def _after_cleanup(fn):
+    """Free the previous case's CUDA memory before running ``fn``."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    return fn()
 
 
 def main() -> None:

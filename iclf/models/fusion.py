@@ -2,15 +2,15 @@
 
 One class, :class:`Fusion`, with three styles:
 
-* ``"irra"`` (method.md 1.4, IRRA's "cross-former"): one cross-attention of the text tokens into the
-  image tokens with **no residual**, then ``depth`` CLIP-style pre-LN self-attention blocks (no mask,
-  QuickGELU, 4x MLP), then ``ln_post``.
+* ``"irra"`` (method.md 1.4, IRRA's "cross-former"): one cross-attention of the text tokens into
+  the image tokens with **no residual**, then ``depth`` CLIP-style pre-LN self-attention blocks (no
+  mask, QuickGELU, 4x MLP), then ``ln_post``.
 * ``"interlaced"`` (method.md 1.6(B), built at the backbone width from scratch): each of ``depth``
   layers is text self-attention, then text-to-image cross-attention, then an MLP, each pre-LN with a
   residual; a final LayerNorm.
-* ``"bidirectional"`` (method.md 1.6(C)): each of ``depth`` layers first updates the image tokens by
-  attending to the text (plus an MLP), then updates the text tokens by attending to the updated image
-  tokens (plus an MLP); a final LayerNorm on the text tokens.
+* ``"bidirectional"`` (method.md 1.6(C)): each of ``depth`` layers first updates the image tokens
+  by attending to the text (plus an MLP), then updates the text tokens by attending to the updated
+  image tokens (plus an MLP); a final LayerNorm on the text tokens.
 
 All styles map ``text_tokens [B, L, D]`` and ``image_tokens [B, N, D]`` to fused text tokens
 ``[B, L, D]``. No attention masks are used anywhere (method.md 1.4: all 77 positions, padding
@@ -160,7 +160,8 @@ class Fusion(nn.Module):
             )
         if text_tokens.shape[0] != image_tokens.shape[0]:
             raise ValueError(
-                f"fusion batch mismatch: {text_tokens.shape[0]} text vs {image_tokens.shape[0]} image"
+                f"fusion batch mismatch: {text_tokens.shape[0]} text vs "
+                f"{image_tokens.shape[0]} image"
             )
         if text_tokens.shape[-1] != self.width or image_tokens.shape[-1] != self.width:
             raise ValueError(

@@ -23,7 +23,9 @@ class MLMHead(nn.Module):
     def __init__(self, width: int, vocab_size: int) -> None:
         super().__init__()
         if width <= 0 or vocab_size <= 0:
-            raise ValueError(f"MLMHead needs positive width and vocab_size, got {width}, {vocab_size}")
+            raise ValueError(
+                f"MLMHead needs positive width and vocab_size, got {width}, {vocab_size}"
+            )
         self.dense = nn.Linear(width, width)
         self.gelu = QuickGELU()
         self.ln = nn.LayerNorm(width)
@@ -57,13 +59,18 @@ class ITMHead(nn.Module):
 
 
 class IDClassifier(nn.Module):
-    """Identity classifier (method.md 1.5): Linear(embed_dim, num_classes), weight N(0, 0.001), bias 0."""
+    """Identity classifier (method.md 1.5): Linear(embed_dim, num_classes).
+
+    Weight N(0, 0.001) (standard deviation 0.001), bias 0. One classifier is shared by the image
+    and text global features.
+    """
 
     def __init__(self, embed_dim: int, num_classes: int) -> None:
         super().__init__()
         if embed_dim <= 0 or num_classes <= 0:
             raise ValueError(
-                f"IDClassifier needs positive embed_dim and num_classes, got {embed_dim}, {num_classes}"
+                "IDClassifier needs positive embed_dim and num_classes, got "
+                f"{embed_dim}, {num_classes}"
             )
         self.fc = nn.Linear(embed_dim, num_classes)
         nn.init.normal_(self.fc.weight, std=0.001)

@@ -1,9 +1,9 @@
 """The ICLF model: CLIP backbone, cross-modal fusion and task heads (method.md 1.1-1.7).
 
-Reads top-down like the method's figure: image encoder and text encoder (the backbone, optionally with
-LoRA adapters), the fusion module (text tokens attend to image tokens), then the heads (MLM on masked
-positions, ITM on fused position 0, ID on the global features). ``forward`` returns features only;
-the losses and their weights live in ``iclf.losses`` and ``iclf.objective``.
+Reads top-down like the method's figure: image encoder and text encoder (the backbone, optionally
+with LoRA adapters), the fusion module (text tokens attend to image tokens), then the heads (MLM on
+masked positions, ITM on fused position 0, ID on the global features). ``forward`` returns
+features only; the losses and their weights live in ``iclf.losses`` and ``iclf.objective``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class Features:
 
 def eot_features(text_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """The token at the EOT position ``ids.argmax(-1)`` of each sequence: [B, L, D] -> [B, D]."""
-    return text_tokens[torch.arange(text_tokens.shape[0], device=text_tokens.device), ids.argmax(-1)]
+    rows = torch.arange(text_tokens.shape[0], device=text_tokens.device)
+    return text_tokens[rows, ids.argmax(-1)]
 
 
 class ICLFModel(nn.Module):
@@ -67,7 +68,9 @@ class ICLFModel(nn.Module):
     ) -> None:
         super().__init__()
         if (mlm_head is not None or itm_head is not None) and fusion is None:
-            raise ValueError("ICLFModel: the MLM and ITM heads need a fusion module (fusion is None)")
+            raise ValueError(
+                "ICLFModel: the MLM and ITM heads need a fusion module (fusion is None)"
+            )
         if not temp_init > 0:
             raise ValueError(f"ICLFModel: temp_init must be > 0, got {temp_init!r}")
         self.backbone = backbone
@@ -88,11 +91,11 @@ class ICLFModel(nn.Module):
         return self.backbone.encode_text_tokens(ids)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, D] global image feature (CLS), un-normalised, float (method.md 1.3)."""
+        """[B, 3, H, W] -> [B, D] global image feature (CLS), un-normalised, float (1.3)."""
         return self.encode_image_tokens(images)[:, 0].float()
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] -> [B, D] global text feature (EOT token), un-normalised, float (method.md 1.3)."""
+        """[B, L] -> [B, D] global text feature (EOT token), un-normalised, float (1.3)."""
         return eot_features(self.encode_text_tokens(ids), ids).float()
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor) -> Features:
@@ -127,8 +130,9 @@ class ICLFModel(nn.Module):
             raise RuntimeError("ICLFModel.mlm_logits: this model was built without an MLM head")
         if positions_mask.dtype != torch.bool or positions_mask.shape != fused.shape[:2]:
             raise ValueError(
-                f"mlm_logits: positions_mask must be a bool tensor of shape {tuple(fused.shape[:2])}, "
-                f"got {positions_mask.dtype} {tuple(positions_mask.shape)}"
+                "mlm_logits: positions_mask must be a bool tensor of shape "
+                f"{tuple(fused.shape[:2])}, got {positions_mask.dtype} "
+                f"{tuple(positions_mask.shape)}"
             )
         return self.mlm_head(fused[positions_mask])  # (M, V)
 

@@ -1,18 +1,18 @@
 """LoRA fine-tuning of the CLIP backbone through ``peft`` (method.md 1.7).
 
-The backbone's attention is written with named ``q_proj/k_proj/v_proj/out_proj`` linears and its MLP
-with ``c_fc/c_proj`` (docs/design.md "Backbone"), so every projection is a plain ``nn.Linear`` that
-``peft.inject_adapter_in_model`` can wrap. Targets are chosen per tower and resolved to an explicit
-list of full module names, so only the intended tower's layers get adapters; the fusion module and the
-heads live outside the backbone and always train.
+The backbone's attention is written with named ``q_proj/k_proj/v_proj/out_proj`` linears and its
+MLP with ``c_fc/c_proj`` (docs/design.md "Backbone"), so every projection is a plain ``nn.Linear``
+that ``peft.inject_adapter_in_model`` can wrap. Targets are chosen per tower and resolved to an
+explicit list of full module names, so only the intended tower's layers get adapters; the fusion
+module and the heads live outside the backbone and always train.
 
 For a targeted ``nn.Linear`` with weight ``W`` (out x in), peft computes
 
     y = W x + b + s * B A dropout(x),   A: r x in (Kaiming uniform), B: out x r (zeros),
 
-with ``s = alpha / r`` (``"lora"``, ``"dora"``) or ``s = alpha / sqrt(r)`` (``"rslora"``). DoRA adds a
-learnable magnitude vector of length ``out``. Rank 0 means full fine-tuning: nothing is injected and
-every backbone parameter trains.
+with ``s = alpha / r`` (``"lora"``, ``"dora"``) or ``s = alpha / sqrt(r)`` (``"rslora"``). DoRA
+adds a learnable magnitude vector of length ``out``. Rank 0 means full fine-tuning: nothing is
+injected and every backbone parameter trains.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class LoraSettings:
         alpha: LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) for rsLoRA).
         dropout: dropout on the LoRA input (training mode only).
         targets: per tower ("vision", "text"), the projections that get adapters, from
-            "q", "k", "v", "out" (attention) and "mlp" (c_fc and c_proj). A tower left out is frozen.
+            "q", "k", "v", "out" (attention) and "mlp" (c_fc and c_proj). A tower left out is
+            frozen.
         variant: "lora", "dora" (peft ``use_dora``) or "rslora" (peft ``use_rslora``).
         train_norms: keep every LayerNorm of the backbone trainable.
         train_proj: keep ``visual.proj`` and ``text.text_projection`` trainable.
@@ -194,7 +195,7 @@ def _proj_parameters(backbone: nn.Module) -> list[nn.Parameter]:
 
 
 def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
-    """Inject LoRA adapters into ``backbone`` in place and set which parameters train (method.md 1.7).
+    """Inject LoRA adapters into ``backbone`` in place; set which parameters train (method.md 1.7).
 
     With ``settings.rank == 0`` nothing is injected and every backbone parameter trains (full
     fine-tuning). Otherwise the targeted linears get peft LoRA layers (B zero-initialised, so the
@@ -245,7 +246,7 @@ def adapter_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def adapter_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the adapter weights of ``module``, keyed as in ``module.state_dict()`` (detached copies)."""
+    """Only the adapter weights of ``module``, keyed as in ``module.state_dict()`` (copies)."""
     ids = {id(p) for p in adapter_parameters(module)}
     return {
         name: p.detach().clone()
@@ -266,7 +267,9 @@ def load_adapter_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Te
         if id(p) in {id(q) for q in adapter_parameters(module)}
     )
     if not current:
-        raise ValueError("load_adapter_state_dict: the module has no LoRA adapters (apply_lora first)")
+        raise ValueError(
+            "load_adapter_state_dict: the module has no LoRA adapters (call apply_lora first)"
+        )
     missing = sorted(set(current) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(current))
     if missing or unexpected:
@@ -291,8 +294,8 @@ def merge_lora(module: nn.Module, unload: bool = False) -> nn.Module:
     """Merge every LoRA update into its base weight, in place (peft ``merge()``).
 
     After merging, the layers compute with the merged base weight only. With ``unload=True`` each
-    LoRA wrapper is also replaced by its plain base ``nn.Linear``, so the state dict has the original
-    backbone keys again. Returns ``module``.
+    LoRA wrapper is also replaced by its plain base ``nn.Linear``, so the state dict has the
+    original backbone keys again. Returns ``module``.
     """
     layers = _lora_layers(module)
     for _, layer in layers:
@@ -309,7 +312,7 @@ def merge_lora(module: nn.Module, unload: bool = False) -> nn.Module:
 
 
 def count_trainable(module: nn.Module) -> int:
-    """Number of parameters of ``module`` with ``requires_grad`` (shared parameters counted once)."""
+    """Number of parameters of ``module`` with ``requires_grad`` (shared ones counted once)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 

@@ -97,17 +97,16 @@ def test_itm_logits_use_fused_position_zero(model):
 def test_fusion_knobs_change_the_output(knob, values):
     """No dead knob: the fused tokens, MLM and ITM logits change with depth, style and heads."""
     images, ids = _images(size=(128, 64)), _ids()
-    outs = []
+    logits, image_feats = [], []
     for value in values:
         model = _build(**{knob: value}, image_size=(128, 64)).eval()
         with torch.no_grad():
             feats = model(images, ids)
-            outs.append(model.itm_logits(feats.text_tokens, feats.image_tokens))
-            # the backbone is seeded identically, so the encoders agree
-            if outs[:-1]:
-                assert torch.equal(feats.image_feat, first_feat)
-            first_feat = feats.image_feat
-    assert not torch.allclose(outs[0], outs[1])
+            logits.append(model.itm_logits(feats.text_tokens, feats.image_tokens))
+            image_feats.append(feats.image_feat)
+    # the backbone is seeded identically, so only the fusion module differs
+    assert torch.equal(image_feats[0], image_feats[1])
+    assert not torch.allclose(logits[0], logits[1])
 
 
 def test_temp_is_a_parameter_that_changes_no_forward_output(model):
