@@ -195,7 +195,8 @@ def evaluate_features(
     Both feature sets are L2-normalised; the cosine similarity is computed one chunk of queries
     at a time, so the full [Q, G] matrix is never held in memory.
     """
-    if text_feats.dim() != 2 or image_feats.dim() != 2 or text_feats.shape[1] != image_feats.shape[1]:
+    if (text_feats.dim() != 2 or image_feats.dim() != 2
+            or text_feats.shape[1] != image_feats.shape[1]):
         raise ValueError(
             f"text_feats [Q, D] and image_feats [G, D] must share D; got "
             f"{tuple(text_feats.shape)} and {tuple(image_feats.shape)}"

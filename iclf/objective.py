@@ -120,7 +120,9 @@ class Objective:
         self.check_model(model)
         missing = [key for key in BATCH_KEYS if key not in batch]
         if missing:
-            raise ValueError(f"Objective: batch is missing keys {missing}; expected {list(BATCH_KEYS)}")
+            raise ValueError(
+                f"Objective: batch is missing keys {missing}; expected {list(BATCH_KEYS)}"
+            )
         w = self.weights
         images, pids = batch["images"], batch["pids"]
         use_mlm = w["mlm"] > 0.0

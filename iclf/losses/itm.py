@@ -89,7 +89,8 @@ def itm_labels(batch_size: int, device: torch.device | str | None = None) -> tor
 
 def itm_loss(logits: torch.Tensor) -> torch.Tensor:
     """2-way cross-entropy over [positives (B); negatives (2B)] ITM logits [3B, 2], 1.6(A)."""
-    if logits.dim() != 2 or logits.shape[1] != 2 or logits.shape[0] % 3 != 0 or logits.shape[0] == 0:
+    rows = logits.shape[0] if logits.dim() == 2 else 0
+    if logits.dim() != 2 or logits.shape[1] != 2 or rows % 3 != 0 or rows == 0:
         raise ValueError(
             f"itm_loss: logits must be [3B, 2] (B positives then 2B negatives); got "
             f"{tuple(logits.shape)}"

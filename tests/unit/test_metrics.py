@@ -113,7 +113,8 @@ def test_bad_shapes_and_values_raise() -> None:
     with pytest.raises(ValueError, match="gallery_pids"):
         retrieval_metrics(torch.rand(2, 4), torch.tensor([0, 1]), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="NaN"):
-        retrieval_metrics(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]), torch.tensor([0, 1]))
+        retrieval_metrics(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]),
+                          torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="chunk_size"):
         retrieval_metrics(torch.rand(1, 2), torch.tensor([0]), torch.tensor([0, 1]), chunk_size=0)
 

@@ -1,4 +1,4 @@
-"""Objective: loss entries, skipped passes, and that every knob changes the total (method.md 2.6)."""
+"""Objective: loss entries, skipped passes, and that every knob changes the total (method.md 2)."""
 
 from __future__ import annotations
 
