@@ -241,7 +241,15 @@ def _add_optional(sub, module: str, func: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train" and not {"-h", "--help"} & set(argv[1:]):
+        # The seed README's flags (--name iclf ...) are not argparse options of ours: split by hand.
+        rest = argv[1:]
+        config = rest.pop(0) if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
+        args = argparse.Namespace(command="train", func=cmd_train, config=config, rest=rest,
+                                  resume=None, dry_run=False, no_progress=False)
+    else:
+        args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -128,7 +128,8 @@ class DataConfig:
     dataset: Literal["CUHK-PEDES", "ICFG-PEDES", "RSTPReid"] = "CUHK-PEDES"
     root: str = "data"
     synthetic: SyntheticConfig | None = None
-    val_fraction: float = 0.1
+    # ICFG-PEDES only (it has no val split): the fraction of training identities held out for val.
+    val_fraction: float | None = None
     split_seed: int = 0
     verify_images: bool = False
     batch_size: int = 64
@@ -243,7 +244,12 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(0 <= cfg.losses.intra_alpha <= 1, "losses.intra_alpha", "must be in [0, 1]")
     _check(cfg.losses.temperature > 0, "losses.temperature", "must be > 0")
     d = cfg.data
-    _check(0 <= d.val_fraction < 1, "data.val_fraction", "must be in [0, 1)")
+    if d.dataset == "ICFG-PEDES":
+        _check(d.val_fraction is not None and 0 <= d.val_fraction < 1, "data.val_fraction",
+               "must be in [0, 1) for ICFG-PEDES (the share of training identities held out for val)")
+    else:
+        _check(d.val_fraction is None, "data.val_fraction",
+               f"only applies to ICFG-PEDES; {d.dataset} ships its own val split (leave it null)")
     _check(d.batch_size >= 2, "data.batch_size", "must be >= 2")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(d.num_instance >= 1, "data.num_instance", "must be >= 1")

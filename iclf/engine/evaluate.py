@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from iclf.metrics import retrieval_metrics
+from iclf.metrics import evaluate_features, retrieval_metrics
 
 
 def autocast_context(device: torch.device, bf16: bool):
@@ -50,9 +50,9 @@ def extract_features(model: torch.nn.Module, eval_set: Any, *, transform: Any, t
 def evaluate_split(model: torch.nn.Module, eval_set: Any, **kwargs: Any) -> dict[str, float]:
     """Text-to-image R1/R5/R10/mAP/mINP (percent) of one split."""
     txt, img = extract_features(model, eval_set, **kwargs)
-    query_pids = torch.as_tensor(eval_set.caption_pids)
-    gallery_pids = torch.as_tensor(eval_set.image_pids)
-    return retrieval_metrics(txt @ img.T, query_pids, gallery_pids)
+    # streams the similarity matrix in chunks of queries: bounded memory at ICFG-PEDES size
+    return evaluate_features(txt, img, torch.as_tensor(eval_set.caption_pids),
+                             torch.as_tensor(eval_set.image_pids))
 
 
 def chance_levels(query_pids: Any, gallery_pids: Any, seed: int = 0) -> dict[str, float]:

@@ -55,7 +55,7 @@ def _pretrain(path: Path, *, backbone, image_size, dataset, ids, images_per_id, 
     t0 = time.perf_counter()
     data_root = path.parent / f"pretrain-data-{seed}"
     ensure_synthetic(data_root, dataset, ids=ids, images_per_id=images_per_id, seed=seed)
-    data = load_pedes(dataset, data_root, val_fraction=0.0 if dataset == "ICFG-PEDES" else 0.1)
+    data = load_pedes(dataset, data_root, val_fraction=0.0 if dataset == "ICFG-PEDES" else None)
     seed_everything(seed)
     model = create_backbone(backbone, pretrained=None, image_size=image_size)
     transform = build_train_transform(image_size, flip=True, pad_crop=True, random_erasing=False)
