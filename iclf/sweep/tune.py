@@ -1,0 +1,571 @@
+"""Run an ablation spec on Ray Tune: Optuna/grid/random search, ASHA or FIFO, tracked in MLflow.
+
+The driver (:func:`run_sweep`):
+
+1. prepares what every trial shares (the synthetic dataset, the tiny pretrained backbone) once, before
+   any trial starts, and fingerprints the dataset;
+2. creates the MLflow database, the experiment and the sweep's parent run (or reopens it with
+   ``resume``), and records the parent run id in ``<storage>/<sweep>/sweep.json``;
+3. runs a :class:`ray.tune.Tuner` around :func:`run_trial`, a thin trainable that resolves the trial's
+   experiment config and calls :func:`iclf.engine.train` with a :class:`TuneReporter`;
+4. closes each child run from a driver-side callback (:class:`CloseRuns`): FINISHED, FAILED after the
+   last retry, with ``stopped_early=true`` when ASHA ended it before the last epoch (such a run is
+   complete as far as the sweep goes, so it is FINISHED, not KILLED; KILLED is for runs whose trial
+   never completed when the sweep ended);
+5. evaluates the test split for the selected checkpoint of ASHA-stopped trials (their process ended at
+   the stop, before the engine's own final evaluation), writes the analysis report when
+   :mod:`iclf.analysis` provides ``write_report``, and closes the parent run FINISHED. An interrupted
+   sweep leaves the parent RUNNING; ``resume`` reopens it and continues the Tune experiment.
+
+Tune's metric is ``objective``: the best value so far of the spec's validation metric (max or min as
+the spec's mode says), reported every epoch together with the engine's metrics; ASHA's time attribute
+is ``epoch`` (completed epochs). Test metrics are logged to MLflow only; they are never reported to
+Tune, so neither the searcher nor the scheduler can see them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ray import tune
+
+from iclf.sweep.spec import AblationSpec, config_key, flat_params
+
+OBJECTIVE = "objective"
+TIME_ATTR = "epoch"
+STATE_FILE = "sweep.json"
+DEFAULT_DB = "runs/mlflow.db"  # relative to the working directory, like storage_path's default
+MAX_ARTIFACT_MB = 512.0   # weights above this size stay on disk (path tagged) instead of in MLflow
+EVAL_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start or resume (the message says what to do)."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs from the driver (passed with ``tune.with_parameters``)."""
+
+    spec: AblationSpec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    sweep_dir: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Called as ``epoch_hook(epoch, trial_id)`` after an epoch is logged to MLflow and before it is
+    # reported to Tune (fault-injection tests; custom instrumentation). Must be picklable.
+    epoch_hook: Callable[[int, str], None] | None = None
+
+
+# ------------------------------------------------------------------------------------ trial side
+
+
+class TuneReporter:
+    """The engine's Reporter for a Tune trial: MLflow first, then ``tune.report`` with a checkpoint.
+
+    Logging precedes the report because Tune may end the process right after the report. Epochs the
+    run already has (a retry or a resumed sweep re-trains from the last checkpoint) are not logged
+    again; test metrics and artifacts are logged once.
+    """
+
+    def __init__(self, logger, *, metric: str, mode: str, trial_id: str,
+                 epoch_hook: Callable[[int, str], None] | None = None):
+        self.logger = logger
+        self.metric = metric
+        self.mode = mode
+        self.trial_id = trial_id
+        self.epoch_hook = epoch_hook
+        self.best: float | None = None
+        self.device = None
+        self.run_dir: Path | None = None
+        self.final_device_seconds: float | None = None
+        self.epochs_total: int | None = None
+
+    def _better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        import torch
+
+        self.device = torch.device(info["device"])
+        self.run_dir = Path(info["run_dir"])
+        config = info.get("config", {})
+        self.epochs_total = int(config.get("training.epochs", 0)) or None
+        self.logger.log_params(config)
+        self.logger.set_tags({"dataset_fingerprint": info.get("dataset_fingerprint", ""),
+                              "device": info["device"], "run_dir": str(self.run_dir),
+                              "paper_protocol": str(bool(info.get("paper_protocol"))).lower()})
+        self.logger.log_once({"trainable_params": info["trainable_params"],
+                              "total_params": info["total_params"]}, step=0)
+        resumed = int(info.get("resumed_from_epoch", 0))
+        for step, value in sorted(self.logger.history(self.metric).items()):
+            if step <= resumed and self._better(value):
+                self.best = value
+        if resumed == 0:
+            self.logger.log_artifact(self.run_dir / "configs.yaml")
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        from iclf.engine.trainer import peak_memory_mb
+
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("test")}
+        value = metrics.get(self.metric)
+        if value is not None and math.isfinite(value) and self._better(value):
+            self.best = value
+        logged = dict(metrics)
+        logged["peak_memory_mb"] = peak_memory_mb(self.device)
+        if self.final_device_seconds is not None:
+            logged["device_seconds"] = self.final_device_seconds  # includes the final test evaluation
+        self.logger.log_epoch(int(epoch), logged)
+        if self.epoch_hook is not None:
+            self.epoch_hook(int(epoch), self.trial_id)
+        report = dict(metrics)
+        report[TIME_ATTR] = int(epoch)
+        if self.best is not None:
+            report[OBJECTIVE] = self.best
+        else:  # no evaluation yet (eval_period > 1): the worst value, never NaN (Tune needs the key)
+            report[OBJECTIVE] = -math.inf if self.mode == "max" else math.inf
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+
+    def on_result(self, result: Any) -> None:
+        step = self.epochs_total or int(result.best_epoch)
+        final = {f"test/{k}": v for k, v in result.test.items()}
+        final.update({f"test_last/{k}": v for k, v in result.test_last.items()})
+        self.logger.log_once(final, step=step)
+        self.final_device_seconds = float(result.device_seconds)
+        log_weights(self.logger, Path(result.run_dir))
+
+
+def log_weights(logger, run_dir: Path) -> None:
+    """The resolved config and the selected checkpoint's trainable weights (adapters and new modules,
+    never the frozen backbone) as artifacts; weights over MAX_ARTIFACT_MB stay on disk, path tagged."""
+    logger.log_artifact(run_dir / "configs.yaml")
+    best = run_dir / "checkpoint" / "best.pt"
+    if not best.is_file():
+        return
+    size_mb = best.stat().st_size / 2**20
+    if size_mb <= MAX_ARTIFACT_MB:
+        logger.log_artifact(best, "checkpoint")
+    else:
+        logger.set_tags({"best_weights_path": str(best), "best_weights_mb": f"{size_mb:.0f}"})
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """The Tune trainable: one configuration and seed, trained by the engine."""
+    import ray
+
+    from iclf.engine import train
+    from iclf.tracking.mlflow import RunLogger, connect, open_trial_run
+
+    spec = ctx.spec
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    params = spec.params_from_trial_config(config)
+    seed = spec.seed_from_trial_config(config)
+    runs_dir = Path(ctx.sweep_dir) / "runs"
+    cfg = spec.trial_config(params, seed, name=trial_id, output_dir=str(runs_dir))
+    key = config_key(params)
+    client = connect(ctx.tracking_uri)
+    run_id, _ = open_trial_run(
+        client, ctx.experiment_id, ctx.parent_run_id, trial_id,
+        run_name=f"{key or 'base'} seed={seed}",
+        tags={**ctx.tags, "config_key": key, "seed": seed, "trial_name": tctx.get_trial_name(),
+              "node_id": ray.get_runtime_context().get_node_id()})
+    logger = RunLogger(client, run_id)
+    logger.set_tags({"node_id": ray.get_runtime_context().get_node_id()})
+    logger.log_params(flat_params(params))
+    reporter = TuneReporter(logger, metric=spec.metric, mode=spec.mode, trial_id=trial_id,
+                            epoch_hook=ctx.epoch_hook)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train(cfg, reporter=reporter, run_dir=cfg.run_dir, progress=False, console=False)
+        return
+    with checkpoint.as_directory() as resume_from:
+        train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir, progress=False,
+              console=False)
+
+
+# ----------------------------------------------------------------------------------- driver side
+
+
+class CloseRuns(tune.Callback):
+    """Driver-side callback that ends each trial's MLflow run (the trial cannot: Tune ends its
+    process after the last report)."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self._client = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        from iclf.tracking.mlflow import connect
+
+        if self._client is None:
+            self._client = connect(self.tracking_uri)
+        return self._client
+
+    def _run_id(self, trial) -> str:
+        from iclf.tracking.mlflow import open_trial_run
+
+        run = self._find(trial)
+        if run is not None:
+            return run
+        # The trial failed before it could open its run: record the failure anyway.
+        run_id, _ = open_trial_run(self.client, self.experiment_id, self.parent_run_id,
+                                   trial.trial_id, run_name=str(trial), tags={})
+        return run_id
+
+    def _find(self, trial) -> str | None:
+        from iclf.tracking.mlflow import find_trial_run
+
+        run = find_trial_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        return run.info.run_id if run is not None else None
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self._find(trial)
+        if run_id is not None:
+            self.client.set_tag(run_id, "retries", str(trial.num_failures))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from iclf.tracking.mlflow import close_run
+
+        last = trial.last_result or {}
+        epochs = int(last.get(TIME_ATTR, 0))
+        close_run(self.client, self._run_id(trial), "FINISHED",
+                  {"stopped_early": str(epochs < self.max_epochs).lower(),
+                   "epochs_done": epochs, "retries": trial.num_failures})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from iclf.tracking.mlflow import close_run
+
+        close_run(self.client, self._run_id(trial), "FAILED",
+                  {"error": _error_text(trial), "retries": trial.num_failures})
+
+
+def _error_text(trial) -> str:
+    path = trial.error_file
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text(errors="replace").strip().splitlines() if ln.strip()]
+        return lines[-1][:1000] if lines else "error"
+    return "error (no error file)"
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished (or interrupted) sweep produced."""
+
+    sweep: str
+    sweep_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    completed: bool
+    trials: int
+    finished: int
+    failed: int
+    timings: dict[str, float] = field(default_factory=dict)
+    report: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sweep_dir"] = str(self.sweep_dir)
+        return d
+
+
+def sweep_paths(spec: AblationSpec) -> tuple[Path, Path, str]:
+    """``(storage, sweep_dir, tracking_uri)``, all absolute."""
+    from iclf.tracking.mlflow import resolve_tracking_uri
+
+    storage = Path(spec.storage_path).expanduser().resolve()
+    uri = resolve_tracking_uri(spec.tracking.uri, DEFAULT_DB)
+    return storage, storage / spec.sweep_name, uri
+
+
+def prepare_shared_inputs(spec: AblationSpec) -> str:
+    """Build the synthetic dataset and the tiny pretrained backbone once, on the driver, before any
+    trial starts (trials would otherwise build them concurrently); returns the dataset fingerprint."""
+    from iclf.engine.trainer import ensure_backbone_weights, prepare_data, resolve_paths
+
+    cfg = resolve_paths(spec.trial_config({}, spec.seeds[0]))
+    data = prepare_data(cfg)
+    ensure_backbone_weights(cfg)
+    return str(getattr(data, "fingerprint", ""))
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start (or join) Ray; returns whether this call started it (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+    return True
+
+
+def _trial_resources(spec: AblationSpec) -> dict[str, float]:
+    import ray
+
+    gpus_available = ray.cluster_resources().get("GPU", 0)
+    gpu = spec.resources.gpu
+    if gpu == "auto":
+        gpu = 1 if gpus_available > 0 else 0
+    if gpu > 0 and gpus_available == 0:
+        raise SweepError(f"{spec.path}: resources.gpu: {gpu} GPU per trial, but the Ray cluster has no "
+                         f"GPU; set resources.gpu=0 (or auto)")
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if spec.resources.cpu > cpus:
+        raise SweepError(f"{spec.path}: resources.cpu: {spec.resources.cpu} CPUs per trial, but the "
+                         f"Ray cluster has {cpus:g}")
+    return {"cpu": float(spec.resources.cpu), "gpu": float(gpu)}
+
+
+def _tuner_parts(spec: AblationSpec):
+    """``(param_space, search_alg, scheduler, num_samples)`` for the spec's search and scheduler."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.name == "asha":
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.max_epochs,
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    if spec.search.algorithm == "tpe":
+        from ray.tune.search import Repeater
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = OptunaSearch(space=spec.define_by_run(), seed=spec.search.seed,
+                              study_name=spec.sweep_name)
+        if len(spec.seeds) > 1:
+            search = Repeater(search, repeat=len(spec.seeds), set_index=True)
+        return None, search, scheduler, spec.num_samples * len(spec.seeds)
+    if spec.search.algorithm == "grid" and not any(p.conditions for p in spec.space):
+        # One grid axis per parameter: Ray's progress table then shows each as a column.
+        params = {p.key: tune.grid_search(p.all_values()) for p in spec.space}
+    else:  # conditional grids and random draws: the configurations, listed
+        params = tune.grid_search(spec.configurations())
+    space = {"params": params, "seed": tune.grid_search(list(spec.seeds))}
+    return space, None, scheduler, 1
+
+
+def _trainable(ctx: TrialContext, resources: Mapping[str, float]):
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), dict(resources))
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = False,
+              num_cpus: int | None = None, epoch_hook: Callable[[int, str], None] | None = None,
+              verbose: int = 1) -> SweepOutcome:
+    """Run (or with ``resume``, continue) the sweep of ``spec``; see the module docstring."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    from iclf.tracking import mlflow as tracking
+
+    storage, sweep_dir, uri = sweep_paths(spec)
+    state_path = sweep_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if resume:
+        if state is None or not tune.Tuner.can_restore(str(sweep_dir)):
+            raise SweepError(f"nothing to resume at {sweep_dir}: start the sweep without --resume")
+        if state.get("spec_hash") != spec.hash:
+            raise SweepError(f"{spec.path} (with its overrides) is not the spec the sweep at "
+                             f"{sweep_dir} started with; run it under another name (name=...) or "
+                             f"resume with the same spec and overrides")
+    elif sweep_dir.exists() and (state is not None or tune.Tuner.can_restore(str(sweep_dir))):
+        raise SweepError(f"a sweep already exists at {sweep_dir}: pass --resume to continue it, or "
+                         f"give this one another name (name=...) or storage_path")
+
+    t0 = time.perf_counter()
+    fingerprint = prepare_shared_inputs(spec)
+    timings["prepare_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    client = tracking.connect(uri)
+    if resume:
+        experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
+        tracking.reopen_run(client, parent_run_id)
+    else:
+        experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment or spec.sweep_name,
+                                                   tracking.default_artifact_location(uri))
+        provenance = {**tracking.git_state(Path(__file__)), **tracking.package_versions()}
+        parent_run_id = tracking.create_sweep_run(client, experiment_id, spec.sweep_name, {
+            "spec_file": str(spec.path.resolve()), "spec_sha256": spec.file_hash,
+            "spec_resolved_sha256": spec.hash, "variant": spec.variant or "",
+            "smoke": str(spec.smoke).lower(), "dataset_fingerprint": fingerprint,
+            "storage": str(sweep_dir), "search": spec.search.algorithm,
+            "scheduler": spec.scheduler.name, "metric": spec.metric, "mode": spec.mode,
+            "seeds": json.dumps(list(spec.seeds)), "trials_planned": spec.num_trials(),
+            "ray_address": address or "local", **provenance})
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "spec.resolved.json").write_text(json.dumps(spec.resolved, indent=1,
+                                                                 default=str))
+        client.log_artifact(parent_run_id, str(spec.path))
+        client.log_artifact(parent_run_id, str(sweep_dir / "spec.resolved.json"))
+        state = {"sweep": spec.sweep_name, "spec_file": str(spec.path.resolve()),
+                 "spec_hash": spec.hash, "tracking_uri": uri, "experiment_id": experiment_id,
+                 "parent_run_id": parent_run_id}
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(state_path)
+    timings["mlflow_setup_s"] = time.perf_counter() - t0
+    child_tags = {"iclf.sweep": spec.sweep_name, "git_sha": client.get_run(parent_run_id).data.tags
+                  .get("git_sha", "unknown")}
+    ctx = TrialContext(spec=spec, tracking_uri=uri, experiment_id=experiment_id,
+                       parent_run_id=parent_run_id, sweep_dir=str(sweep_dir), tags=child_tags,
+                       epoch_hook=epoch_hook)
+
+    t0 = time.perf_counter()
+    started_ray = _init_ray(address, num_cpus)
+    timings["ray_init_s"] = time.perf_counter() - t0
+    try:
+        resources = _trial_resources(spec)
+        trainable = _trainable(ctx, resources)
+        t0 = time.perf_counter()
+        if resume:
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            space, search, scheduler, num_samples = _tuner_parts(spec)
+            tuner = tune.Tuner(
+                trainable, param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=OBJECTIVE, mode=spec.mode, search_alg=search, scheduler=scheduler,
+                    num_samples=num_samples, max_concurrent_trials=spec.max_concurrent_trials,
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
+                run_config=tune.RunConfig(
+                    name=spec.sweep_name, storage_path=str(storage),
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=[CloseRuns(uri, experiment_id, parent_run_id, spec.max_epochs)],
+                    verbose=verbose))
+        results = tuner.fit()
+        timings["fit_s"] = time.perf_counter() - t0
+        statuses = [t.status for t in results._experiment_analysis.trials]
+        finished = sum(s == "TERMINATED" for s in statuses)
+        failed = sum(s == "ERROR" for s in statuses)
+        completed = finished + failed == len(statuses) and len(statuses) > 0
+        outcome = SweepOutcome(spec.sweep_name, sweep_dir, uri, experiment_id, parent_run_id,
+                               completed, len(statuses), finished, failed, timings)
+        if not completed:
+            print(f"[iclf] sweep {spec.sweep_name} interrupted ({finished} finished, {failed} failed "
+                  f"of {len(statuses)}); continue it with --resume", file=sys.stderr)
+            return outcome
+        t0 = time.perf_counter()
+        evaluate_stopped_trials(client, experiment_id, parent_run_id, resources)
+        timings["test_eval_s"] = time.perf_counter() - t0
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    t0 = time.perf_counter()
+    kill_unfinished_runs(client, experiment_id, parent_run_id)
+    outcome.report = write_analysis(spec, uri, parent_run_id, sweep_dir, client)
+    tracking.close_run(client, parent_run_id, "FINISHED",
+                       {"trials_finished": finished, "trials_failed": failed})
+    timings["finalize_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+    return outcome
+
+
+def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int) -> dict[str, float]:
+    """Test metrics of a run's selected checkpoint, logged once (a Ray task on a trial's resources)."""
+    from iclf.engine import evaluate_run
+    from iclf.tracking.mlflow import RunLogger, connect
+
+    test = evaluate_run(run_dir, which="best", split="test")
+    logger = RunLogger(connect(tracking_uri), run_id)
+    logger.log_once({f"test/{k}": v for k, v in test.items()}, step=step)
+    log_weights(logger, Path(run_dir))
+    return test
+
+
+def evaluate_stopped_trials(client, experiment_id: str, parent_run_id: str,
+                            resources: Mapping[str, float]) -> int:
+    """Evaluate on test the selected checkpoint of every FINISHED child run that has no test metrics
+    (trials ASHA stopped), in parallel Ray tasks with the trials' resources; returns how many."""
+    import ray
+
+    from iclf.tracking.mlflow import child_runs
+
+    todo = [r for r in child_runs(client, experiment_id, parent_run_id)
+            if r.info.status == "FINISHED" and "test/R1" not in r.data.metrics
+            and "run_dir" in r.data.tags]
+    if not todo:
+        return 0
+    task = ray.remote(_evaluate_and_log).options(num_cpus=resources["cpu"],
+                                                 num_gpus=resources["gpu"], max_retries=1)
+    refs = [task.remote(r.data.tags["run_dir"], client.tracking_uri, r.info.run_id,
+                        int(r.data.metrics.get(TIME_ATTR, 0))) for r in todo]
+    ray.get(refs)
+    return len(refs)
+
+
+def kill_unfinished_runs(client, experiment_id: str, parent_run_id: str) -> int:
+    """At the end of a completed sweep, close child runs still RUNNING as KILLED."""
+    from iclf.tracking.mlflow import child_runs, close_run
+
+    n = 0
+    for r in child_runs(client, experiment_id, parent_run_id):
+        if r.info.status == "RUNNING":
+            close_run(client, r.info.run_id, "KILLED", {"killed_reason": "sweep ended"})
+            n += 1
+    return n
+
+
+def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: Path,
+                   client) -> list[str]:
+    """Call :func:`iclf.analysis.write_report` when the analysis package provides it, and log what it
+    wrote to the parent run; returns the paths."""
+    try:
+        from iclf.analysis import write_report
+    except ImportError:
+        return []
+    from iclf.tracking.mlflow import load_sweep_frames
+
+    trials, curves = load_sweep_frames(uri, parent_run_id)
+    out = sweep_dir / "report"
+    if out.exists():
+        shutil.rmtree(out)
+    written = write_report(trials, curves, out, baseline=dict(spec.baseline) or None,
+                           metric=spec.metric)
+    paths = [str(p) for p in written.values()]
+    if out.is_dir():
+        client.log_artifacts(parent_run_id, str(out), "report")
+    return paths
+
+
+__all__ = ["TrialContext", "TuneReporter", "CloseRuns", "SweepOutcome", "SweepError", "run_trial",
+           "run_sweep", "sweep_paths", "prepare_shared_inputs", "evaluate_stopped_trials",
+           "kill_unfinished_runs", "write_analysis", "OBJECTIVE", "TIME_ATTR", "EVAL_METRICS"]
