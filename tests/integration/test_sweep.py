@@ -1,0 +1,147 @@
+"""A smoke sweep end to end with real Ray Tune, the real engine and MLflow on SQLite: `iclf sweep` runs
+two trials of the tiny model, and MLflow then holds one FINISHED parent run with one FINISHED child per
+trial carrying per-epoch validation metrics, final test metrics, params and artifacts. Plus the
+command's errors (bad spec, existing sweep, nothing to resume), which need no Ray."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+
+from mlflow import MlflowClient  # noqa: E402
+
+from iclf.sweep.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS = 2
+
+SPEC = """\
+name: smoke
+base: {root}/experiments/synthetic.yaml
+overrides:
+  model.backbone: tiny
+  model.pretrained: null
+  model.build_pretrained: false
+  model.image_size: [64, 32]
+  fusion: {{style: interlaced, depth: 1, heads: 4}}
+  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
+  data.root: {tmp}/data
+  data.batch_size: 8
+  data.num_workers: 0
+  training.epochs: {epochs}
+  training.max_steps_per_epoch: 2
+  schedule.warmup_epochs: 0
+  evaluation.batch_size: 64
+  device: cpu
+space:
+  lora.rank: {{grid: [0, 4]}}
+seeds: [3]
+resources: {{cpu: 1, gpu: 0}}
+max_concurrent_trials: 2
+storage_path: {tmp}/ray
+tracking: {{uri: {tmp}/mlflow.db}}
+baseline: {{lora.rank: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, ray_local):
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = tmp / "smoke.yaml"
+    spec.write_text(SPEC.format(root=ROOT, tmp=tmp, epochs=EPOCHS))
+    code = main([str(spec), "--quiet"])
+    return tmp, spec, code
+
+
+def test_smoke_sweep_logs_parent_and_children(swept):
+    tmp, spec, code = swept
+    assert code == 0
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("iclf.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("iclf.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["spec_file"] == str(spec) and len(tags["spec_sha256"]) == 64
+    assert tags["git_sha"] and tags["git_dirty"] in ("true", "false", "unknown")
+    assert tags["version.ray"].startswith("2.") and tags["version.mlflow"].startswith("3.")
+    assert tags["dataset_fingerprint"]
+    state = json.loads((tmp / "ray" / "smoke" / "sweep.json").read_text())
+    assert state["parent_run_id"] == parent.info.run_id
+    assert {r.data.tags["config_key"] for r in children} == {"lora.rank=0", "lora.rank=4"}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["seed"] == "3" and run.data.tags["stopped_early"] == "false"
+        assert run.data.tags["dataset_fingerprint"] == tags["dataset_fingerprint"]
+        for key in ("val/R1", "val/mAP", "val/mINP", "train/loss", "lr", "samples_per_s", "epoch"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert steps == list(range(1, EPOCHS + 1)), key
+        metrics = run.data.metrics
+        for key in ("test/R1", "test/mAP", "test/mINP", "trainable_params", "device_seconds",
+                    "peak_memory_mb"):
+            assert key in metrics, key
+        assert len(client.get_metric_history(run.info.run_id, "test/R1")) == 1
+        params = run.data.params
+        assert params["param.lora.rank"] == run.data.tags["config_key"].split("=")[1]
+        assert params["seed"] == "3" and params["training.epochs"] == str(EPOCHS)
+        assert params["lora.rank"] == params["param.lora.rank"]
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "configs.yaml" in arts
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == [
+            "checkpoint/best.pt"]
+    # LoRA trains fewer parameters than full fine-tuning (rank 0).
+    by_key = {r.data.tags["config_key"]: r.data.metrics["trainable_params"] for r in children}
+    assert by_key["lora.rank=4"] < by_key["lora.rank=0"]
+
+
+def test_analysis_frames_and_report(swept):
+    tmp, spec, code = swept
+    from iclf.tracking.mlflow import load_sweep_frames
+
+    trials, curves = load_sweep_frames(f"sqlite:///{tmp}/mlflow.db", sweep="smoke")
+    assert sorted(trials["param.lora.rank"]) == [0, 4]
+    assert set(trials["status"]) == {"FINISHED"} and list(trials["seed"]) == [3, 3]
+    assert trials["test/R1"].notna().all() and trials["val/R1"].notna().all()
+    assert len(curves) == 2 * EPOCHS
+    report = tmp / "ray" / "smoke" / "report"
+    if (ROOT / "iclf" / "analysis" / "report.py").is_file():
+        assert (report / "summary.csv").is_file()
+        client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+        parent = json.loads((tmp / "ray" / "smoke" / "sweep.json").read_text())["parent_run_id"]
+        assert "report" in {a.path for a in client.list_artifacts(parent)}
+
+
+def test_existing_sweep_needs_resume(swept, capsys):
+    tmp, spec, code = swept
+    assert main([str(spec)]) == 2
+    assert "a sweep already exists at" in capsys.readouterr().err
+
+
+def test_resume_without_sweep_and_bad_spec(tmp_path, capsys):
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(SPEC.format(root=ROOT, tmp=tmp_path, epochs=EPOCHS))
+    assert main([str(spec), "--resume"]) == 2
+    assert "nothing to resume at" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.format(root=ROOT, tmp=tmp_path, epochs=EPOCHS).replace(
+        "lora.rank: {grid: [0, 4]}", "fusion.depth: {grid: [0, 1]}"))
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {bad}: space.fusion.depth: with fusion.depth=0: losses.weights.mlm: the MLM " \
+           f"loss needs the fusion module" in err
+    assert main([str(spec), "--smoke"]) == 2
+    assert "smoke: --smoke was asked for but the spec has no smoke: block" in capsys.readouterr().err
