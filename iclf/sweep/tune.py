@@ -257,8 +257,9 @@ class CloseRuns(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         from iclf.tracking.mlflow import close_run
 
+        # Tune counts the failure that ended the trial too: the retries are one fewer.
         close_run(self.client, self._run_id(trial), "FAILED",
-                  {"error": _error_text(trial), "retries": trial.num_failures})
+                  {"error": _error_text(trial), "retries": max(trial.num_failures - 1, 0)})
 
 
 def _error_text(trial) -> str:

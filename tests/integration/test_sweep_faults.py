@@ -1,0 +1,141 @@
+"""Failures inside trials, with real Ray Tune, the engine and MLflow on SQLite:
+
+* a trial that raises once and a trial whose process exits hard once (``os._exit``) are both retried
+  from their last checkpoint, reopen their MLflow run (no duplicate run) and log no epoch twice, even
+  though the failure came after MLflow had logged an epoch that the checkpoint did not have yet;
+* a NaN loss fails that trial only: the other trial, the sweep and the parent run finish.
+"""
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+
+import ray.cloudpickle  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+from iclf.sweep.cli import main  # noqa: E402
+from iclf.sweep.spec import load_spec  # noqa: E402
+from iclf.sweep.tune import run_sweep  # noqa: E402
+
+# The injected hook below runs inside Ray workers, which cannot import this test module by name.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SPEC = """\
+name: {name}
+base: {root}/experiments/synthetic.yaml
+overrides:
+  model.backbone: tiny
+  model.pretrained: null
+  model.build_pretrained: false
+  model.image_size: [64, 32]
+  fusion: {{style: interlaced, depth: 1, heads: 4}}
+  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
+  data.root: {tmp}/data
+  data.batch_size: 8
+  data.num_workers: 0
+  training.epochs: {epochs}
+  training.max_steps_per_epoch: 2
+  schedule.warmup_epochs: 0
+  evaluation.batch_size: 64
+  device: cpu
+space:
+  {space}
+seeds: [0]
+resources: {{cpu: 1, gpu: 0}}
+max_concurrent_trials: 2
+max_failures: 1
+storage_path: {tmp}/ray
+tracking: {{uri: {tmp}/mlflow.db}}
+"""
+
+
+def write_spec(tmp: Path, name: str, space: str, epochs: int) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, root=ROOT, tmp=tmp, epochs=epochs, space=space))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def crash_once(marker_dir: str, epoch: int, trial_id: str) -> None:
+    """At epoch 2, once per trial: the first trial there raises, the second exits the process hard.
+    Called after MLflow logged the epoch and before Tune got its checkpoint."""
+    if epoch != 2:
+        return
+    marker = Path(marker_dir) / trial_id
+    if marker.exists():
+        return
+    try:
+        os.close(os.open(Path(marker_dir) / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        kind = "raise"
+    except FileExistsError:
+        kind = "exit"
+    marker.write_text(kind)
+    if kind == "raise":
+        raise RuntimeError("injected failure")
+    os._exit(1)
+
+
+def children(tmp: Path, name: str):
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("iclf.role") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("iclf.role") == "trial"]
+    return client, parents, kids
+
+
+@pytest.mark.slow
+def test_crash_and_hard_exit_are_retried_from_checkpoint(tmp_path, ray_local):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    spec = load_spec(write_spec(tmp_path, "faults", "lora.rank: {grid: [0, 4]}", epochs=3))
+    outcome = run_sweep(spec, epoch_hook=functools.partial(crash_once, str(markers)), verbose=0)
+    assert outcome.completed and (outcome.finished, outcome.failed) == (2, 0)
+    kinds = sorted(p.read_text() for p in markers.iterdir() if p.name != "first")
+    assert kinds == ["exit", "raise"]
+    client, parents, kids = children(tmp_path, "faults")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(kids) == 2  # the retries reopened their runs
+    for run in kids:
+        rid = run.info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags["retries"] == "1"
+        for key in ("epoch", "val/R1", "val/mAP", "train/loss"):
+            assert [m.step for m in client.get_metric_history(rid, key)] == [1, 2, 3], key
+        assert len(client.get_metric_history(rid, "test/R1")) == 1
+        # The engine restarted from the epoch-1 checkpoint Tune handed back.
+        events = [json.loads(line) for line in
+                  (Path(run.data.tags["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        starts = [e["resumed_from_epoch"] for e in events if e["event"] == "start"]
+        assert starts == [0, 1]
+
+
+@pytest.mark.slow
+def test_nan_fails_only_its_trial(tmp_path, ray_local, capsys):
+    spec = write_spec(tmp_path, "nan", "losses.temperature: {grid: [0.02, 1.0e-40]}", epochs=2)
+    assert main([str(spec), "--quiet"]) == 1  # completed, with a failed trial
+    assert "1 finished, 1 failed of 2 trials" in capsys.readouterr().out
+    client, parents, kids = children(tmp_path, "nan")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["trials_failed"] == "1"
+    by_key = {r.data.tags["config_key"]: r for r in kids}
+    assert set(by_key) == {"losses.temperature=0.02", "losses.temperature=1e-40"}
+    good, bad = by_key["losses.temperature=0.02"], by_key["losses.temperature=1e-40"]
+    assert good.info.status == "FINISHED" and "test/R1" in good.data.metrics
+    assert bad.info.status == "FAILED"
+    assert "non-finite loss" in bad.data.tags["error"] and bad.data.tags["retries"] == "1"
+    assert "test/R1" not in bad.data.metrics
