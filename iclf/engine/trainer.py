@@ -291,7 +291,8 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
                         "device": str(device), "trainable_params": trainable,
                         "total_params": total, "dataset_fingerprint": data.fingerprint,
                         "dataset_stats": data.stats(), "paper_protocol": paper,
-                        "chance": chance, "resumed_from_epoch": state["epoch"]})
+                        "chance": chance, "resumed_from_epoch": state["epoch"],
+                        "torch_threads": torch.get_num_threads()})
 
     epochs = cfg.training.epochs
     metric = cfg.evaluation.metric

@@ -106,6 +106,7 @@ class TuneReporter:
         self.logger.log_params(config)
         self.logger.set_tags({"dataset_fingerprint": info.get("dataset_fingerprint", ""),
                               "device": info["device"], "run_dir": str(self.run_dir),
+                              "torch_threads": info.get("torch_threads", ""),
                               "paper_protocol": str(bool(info.get("paper_protocol"))).lower()})
         self.logger.log_once({"trainable_params": info["trainable_params"],
                               "total_params": info["total_params"]}, step=0)
