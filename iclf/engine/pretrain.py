@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 def pretrain_backbone(path: Path, *, backbone: str = "tiny", image_size: tuple[int, int] = (128, 64),
                       dataset: str = "CUHK-PEDES", ids: int = 300, images_per_id: int = 4,
-                      epochs: int = 8, batch_size: int = 64, lr: float = 1e-3, seed: int = 1000,
+                      epochs: int = 5, batch_size: int = 64, lr: float = 1e-3, seed: int = 1000,
                       progress: bool = True) -> Path:
     """Pretrain ``backbone`` contrastively on synthetic data and save it to ``path`` (OpenAI layout)."""
     path = Path(path).resolve()
