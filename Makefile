@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE ?= disabled
 export TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S := 0
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow test-browser demo clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,6 @@ demo: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -q -m browser tests

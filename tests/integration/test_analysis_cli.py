@@ -21,42 +21,13 @@ from mlflow import MlflowClient  # noqa: E402
 from iclf.analysis.tables import parse_markdown  # noqa: E402
 from iclf.cli import main  # noqa: E402
 from iclf.config import load_config  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-
-SPEC = """\
-name: cli
-base: {root}/experiments/synthetic.yaml
-overrides:
-  model.backbone: tiny
-  model.pretrained: null
-  model.build_pretrained: false
-  model.image_size: [64, 32]
-  fusion: {{style: interlaced, depth: 1, heads: 4}}
-  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
-  data.root: {tmp}/data
-  data.batch_size: 8
-  training.epochs: 2
-  training.max_steps_per_epoch: 2
-  schedule.warmup_epochs: 0
-  evaluation.batch_size: 64
-  device: cpu
-space:
-  lora.rank: {{grid: [0, 4]}}
-seeds: [0, 1]
-resources: {{cpu: 1, gpu: 0}}
-max_concurrent_trials: 2
-storage_path: {tmp}/ray
-tracking: {{uri: {tmp}/mlflow.db}}
-baseline: {{lora.rank: 0}}
-"""
-
+from tiny_sweep import write_tiny_spec  # noqa: E402
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    spec = tmp / "cli.yaml"
-    spec.write_text(SPEC.format(root=ROOT, tmp=tmp))
+    spec = write_tiny_spec(tmp, "cli", "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
+                           extra="baseline: {lora.rank: 0}\n")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert main(["sweep", str(spec), "--quiet"]) == 0
