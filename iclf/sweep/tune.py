@@ -162,12 +162,24 @@ def log_weights(logger, run_dir: Path) -> None:
         logger.set_tags({"best_weights_path": str(best), "best_weights_mb": f"{size_mb:.0f}"})
 
 
+def completed_result(client, run, metric: str, mode: str) -> dict[str, Any]:
+    """What a FINISHED child run's trial last reported to Tune: the last epoch's metrics (never test
+    ones), ``epoch`` and ``objective`` (the best ``metric`` over its epochs)."""
+    report = {k: v for k, v in run.data.metrics.items() if not k.startswith("test")}
+    values = [m.value for m in client.get_metric_history(run.info.run_id, metric)
+              if math.isfinite(m.value)]
+    best = (max if mode == "max" else min)(values) if values else None
+    report[TIME_ATTR] = int(run.data.metrics.get(TIME_ATTR, 0))
+    report[OBJECTIVE] = best if best is not None else (-math.inf if mode == "max" else math.inf)
+    return report
+
+
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """The Tune trainable: one configuration and seed, trained by the engine."""
     import ray
 
     from iclf.engine import train
-    from iclf.tracking.mlflow import RunLogger, connect, open_trial_run
+    from iclf.tracking.mlflow import RunLogger, connect, find_trial_run, open_trial_run
 
     spec = ctx.spec
     tctx = tune.get_context()
@@ -178,6 +190,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = spec.trial_config(params, seed, name=trial_id, output_dir=str(runs_dir))
     key = config_key(params)
     client = connect(ctx.tracking_uri)
+    done = find_trial_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id)
+    if done is not None and done.info.status == "FINISHED":
+        # Completed under a driver that was stopped before Tune saved its experiment state (saved
+        # every few seconds): --resume restarted the trial. Report its result again, train nothing.
+        tune.report(completed_result(client, done, spec.metric, spec.mode))
+        return
     run_id, _ = open_trial_run(
         client, ctx.experiment_id, ctx.parent_run_id, trial_id,
         run_name=f"{key or 'base'} seed={seed}",

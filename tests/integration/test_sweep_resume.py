@@ -1,0 +1,218 @@
+"""The sweep driver killed mid-sweep and continued with ``--resume``, with real Ray Tune, the engine
+and MLflow on SQLite.
+
+``python -m iclf.sweep.cli SPEC`` runs in its own process group with a local Ray instance (whose
+processes are its descendants). As soon as one trial has finished while another runs, the whole
+group gets SIGKILL; every process the driver started (recorded while it ran) must then be gone, and
+whatever is not is killed by PID. ``--resume`` then completes the sweep: the trials that had
+finished keep their MLflow runs untouched and are not trained again, interrupted trials reopen their
+runs, no metric step is logged twice, every child run ends FINISHED under one FINISHED parent.
+
+Killing right after a completion usually beats Tune's experiment-state save (every 10 s or so), so
+the restored Tune state still has that trial running and restarts it: the trial must then see its
+FINISHED run and train nothing.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+psutil = pytest.importorskip("psutil")
+
+from mlflow import MlflowClient  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EPOCHS = 3
+TRIALS = 4  # lora.rank x seeds, two at a time
+
+SPEC = """\
+name: resume
+base: {root}/experiments/synthetic.yaml
+overrides:
+  model.backbone: tiny
+  model.pretrained: null
+  model.build_pretrained: false
+  model.image_size: [64, 32]
+  fusion: {{style: interlaced, depth: 1, heads: 4}}
+  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
+  data.root: {tmp}/data
+  data.batch_size: 8
+  data.num_workers: 0
+  training.epochs: {epochs}
+  training.max_steps_per_epoch: 2
+  schedule.warmup_epochs: 0
+  evaluation.batch_size: 64
+  device: cpu
+space:
+  lora.rank: {{grid: [0, 4]}}
+seeds: [0, 1]
+resources: {{cpu: 1, gpu: 0}}
+max_concurrent_trials: 2
+max_failures: 1
+storage_path: {tmp}/ray
+tracking: {{uri: {tmp}/mlflow.db}}
+"""
+
+HISTORY_KEYS = ("epoch", "val/R1", "val/mAP", "train/loss", "test/R1")
+
+
+class Driver:
+    """``python -m iclf.sweep.cli ARGS`` in its own process group; remembers every descendant."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = log
+        self.out = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "iclf.sweep.cli", *args], cwd=ROOT,
+                                     stdout=self.out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.root = psutil.Process(self.proc.pid)
+        self.seen: dict[int, psutil.Process] = {self.proc.pid: self.root}
+
+    def record(self) -> None:
+        try:
+            for child in self.root.children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            pass
+
+    def wait(self, timeout: float) -> int | None:
+        """Exit code, or None when still running after ``timeout`` seconds (recording meanwhile)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.record()
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            time.sleep(0.5)
+        return None
+
+    def kill_group(self) -> None:
+        self.record()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def survivors(self, grace: float) -> list[psutil.Process]:
+        """Recorded processes still alive after ``grace`` seconds (the same processes: psutil checks
+        the creation time, so a reused PID is not mistaken for one of them)."""
+        procs = [p for p in self.seen.values() if p.pid != self.proc.pid]
+        _, alive = psutil.wait_procs(procs, timeout=grace)
+        return alive
+
+    def end_all(self) -> list[psutil.Process]:
+        """SIGKILL, by PID, every recorded process still alive; returns those it had to kill."""
+        if self.proc.poll() is None:
+            self.kill_group()
+        alive = self.survivors(grace=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+        self.out.close()
+        return alive
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+            for k in HISTORY_KEYS}
+
+
+def epoch_events(run) -> list[int]:
+    path = Path(run.data.tags["run_dir"]) / "metrics.jsonl"
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()
+            if json.loads(line)["event"] == "epoch"]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
+    spec = tmp_path / "resume.yaml"
+    spec.write_text(SPEC.format(root=ROOT, tmp=tmp_path, epochs=EPOCHS))
+    state = tmp_path / "ray" / "resume" / "sweep.json"
+    args = [str(spec), "--quiet", "--num-cpus", "2"]
+
+    first = Driver(args, tmp_path / "first.log")
+    try:
+        # Wait for the parent run (sweep.json) before opening the database ourselves: the driver
+        # creates its schema.
+        client = parent_id = None
+        finished: dict[str, dict] = {}
+        running: set[str] = set()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert first.wait(0.3) is None, f"the sweep ended before it was killed:\n{first.tail()}"
+            if client is None:
+                if not state.is_file():
+                    continue
+                parent_id = json.loads(state.read_text())["parent_run_id"]
+                client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+                exp_id = client.get_run(parent_id).info.experiment_id
+            kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+            done = [r for r in kids if r.info.status == "FINISHED"]
+            busy = [r for r in kids if r.info.status == "RUNNING"]
+            if done and busy:
+                break
+        else:
+            pytest.fail(f"no trial finished while another ran within 240 s:\n{first.tail()}")
+        first.kill_group()
+        # Ray's own processes share the driver's fate: none outlives it.
+        left = first.survivors(grace=30)
+        assert not left, f"processes outlived the killed driver: {[p.pid for p in left]}"
+    finally:
+        first.end_all()
+
+    kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    for run in kids:
+        if run.info.status == "FINISHED":
+            finished[run.info.run_id] = histories(client, run.info.run_id)
+        else:
+            running.add(run.info.run_id)
+    assert finished and running
+    assert client.get_run(parent_id).info.status == "RUNNING"  # killed: left open for --resume
+
+    second = Driver([*args, "--resume"], tmp_path / "second.log")
+    try:
+        code = second.wait(300)
+        assert code == 0, f"--resume exited {code}:\n{second.tail()}"
+    finally:
+        leftover = second.end_all()
+    assert not leftover, f"processes outlived the resumed driver: {[p.pid for p in leftover]}"
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([exp_id])
+    parents = [r for r in runs if r.data.tags.get("iclf.role") == "sweep"]
+    kids = [r for r in runs if r.data.tags.get("iclf.role") == "trial"]
+    assert [r.info.run_id for r in parents] == [parent_id]
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["trials_finished"] == str(TRIALS)
+    assert len(kids) == TRIALS
+    assert len({r.data.tags["ray_trial_id"] for r in kids}) == TRIALS
+    assert len({(r.data.tags["config_key"], r.data.tags["seed"]) for r in kids}) == TRIALS
+    ids = {r.info.run_id for r in kids}
+    assert set(finished) <= ids and running <= ids  # every run kept, none made twice
+    for run in kids:
+        rid = run.info.run_id
+        assert run.info.status == "FINISHED", (rid, run.info.status)
+        assert run.data.tags["stopped_early"] == "false"
+        steps = [m.step for m in client.get_metric_history(rid, "epoch")]
+        assert steps == list(range(1, EPOCHS + 1)), (rid, steps)
+        for key in ("val/R1", "val/mAP", "train/loss"):
+            assert len(client.get_metric_history(rid, key)) == EPOCHS, (rid, key)
+        assert len(client.get_metric_history(rid, "test/R1")) == 1
+        if rid in finished:
+            # Finished before the kill: not trained again, nothing logged again.
+            assert histories(client, rid) == finished[rid]
+            assert epoch_events(run) == list(range(1, EPOCHS + 1))
