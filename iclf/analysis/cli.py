@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -405,11 +406,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
            "--host", args.host, "--port", str(args.port), "--workers", "1"]
     env = dict(os.environ)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # The server and its workers get their own process group, ended as one below; SIGTERM to us
+    # (a test, a process manager) unwinds through the same `finally` as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if args.quiet else None,
-                            stderr=subprocess.DEVNULL if args.quiet else None)
+                            stderr=subprocess.DEVNULL if args.quiet else None,
+                            start_new_session=True)
     try:
         if not _wait_ready(base, proc, args.timeout):
-            proc.terminate()
             raise _usage(f"the MLflow server did not start on {args.host}:{args.port} within "
                          f"{args.timeout:.0f} s (port in use? try --port)")
         runs = f"{base}/#/experiments/{exp_id}/runs" if exp_id is not None else base
@@ -423,12 +427,30 @@ def cmd_ui(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _end_group(proc)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its workers may linger a moment
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------------ parsers

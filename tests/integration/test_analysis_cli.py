@@ -6,7 +6,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
+psutil = pytest.importorskip("psutil")
 
 from mlflow import MlflowClient  # noqa: E402
 
@@ -150,7 +150,13 @@ def test_ui_serves_the_sweep_runs_and_report(sweep):
         summary = _get(f"{base}/get-artifact?{query}").decode()
         assert "lora.rank" in summary
         assert b"<html" in _get(base + "/").lower()
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert server, "iclf ui runs the MLflow server as a child process"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    time.sleep(0.1)
+    # SIGTERM to `iclf ui` ends the MLflow server and its workers too (no orphan on the port).
+    gone, alive = psutil.wait_procs(server, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", int(base.rsplit(":", 1)[1]))) != 0
