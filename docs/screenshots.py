@@ -46,17 +46,19 @@ def main() -> int:
             browser = pw.chromium.launch(executable_path=args.chromium, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-quic"])
-            page = browser.new_page(viewport={"width": 1500, "height": 820})
+            page = browser.new_page(viewport={"width": 1600, "height": 800})
             page.goto(url.group(0))
             page.wait_for_selector("text=matching runs", timeout=60_000)
-            for label in ("Close", "close"):  # the assistant side panel, when it is open
-                button = page.get_by_role("button", name=label)
-                if button.count():
-                    button.first.click()
-                    break
-            expand = page.locator("[data-testid*='expand'], button[aria-label*='xpand']")
-            if expand.count():
-                expand.first.click()
+            page.wait_for_timeout(1000)
+            close = page.get_by_role("button", name="Close")  # the assistant side panel
+            if close.count():
+                close.first.click()
+            # Expand the sweep's parent run: its expander sits just left of the run name in the
+            # table (the lowest of the "demo" labels; the others are the breadcrumb and sidebar).
+            boxes = [b for b in (e.bounding_box() for e in
+                                 page.get_by_text("demo", exact=True).all()) if b]
+            name = max(boxes, key=lambda b: b["y"])
+            page.mouse.click(name["x"] - 22, name["y"] + name["height"] / 2)
             page.wait_for_timeout(1500)
             page.screenshot(path=str(IMAGES / "mlflow_ui.png"))
             browser.close()
