@@ -341,7 +341,10 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         ray.init(address=address, log_to_driver=True)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
+        # address="local": a new instance even when `ray start` left a cluster's address on this
+        # machine (joining it would refuse num_cpus); --address is how to use a cluster.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                 include_dashboard=False)
     return True
 
 

@@ -177,3 +177,16 @@ def test_node_removed_mid_sweep(tmp_path, cluster):
     assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 1, starts  # from its checkpoint
     # Both trials ended on the surviving node: the retried one moved there.
     assert {r.data.tags["node_id"] for r in kids} == {survivor}
+
+
+@pytest.mark.slow
+def test_local_sweep_beside_a_running_cluster_starts_its_own_ray(cluster):
+    """Without --address, `iclf sweep` starts a local Ray instance even when a cluster started on
+    this machine (`ray start --head`) has left its address file: joining it with num_cpus raises."""
+    from iclf.sweep.tune import _init_ray
+
+    assert _init_ray(None, 1) is True
+    try:
+        assert ray.cluster_resources().get("CPU") == 1.0  # not the cluster's 2 worker CPUs
+    finally:
+        ray.shutdown()
