@@ -286,7 +286,7 @@ def export_best(ref: SweepRef, run_id: str, dest: Path, facts: dict[str, Any]) -
         from iclf.analysis.reproduce import _source_config
 
         cfg = load_config(_source_config(ref.client, run, Path(tmp)))
-    cfg = dataclasses.replace(cfg, name=f"{ref.name}-best", output_dir="runs")
+    cfg = dataclasses.replace(cfg, name=f"{ref.name}-best", output_dir="runs/train")
     m = facts["metrics"].get(ref.metric, {})
     header = (f"# Best configuration of sweep {ref.name} by mean {ref.metric} over seeds:\n"
               f"#   {facts['config_key'] or '(base)'}: {_fmt(m.get('mean'), m.get('std'))} "
