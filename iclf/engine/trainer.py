@@ -112,7 +112,7 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True):
                       split_seed=cfg.data.split_seed, verify_images=cfg.data.verify_images)
 
 
-def ensure_backbone_weights(cfg: ExperimentConfig) -> None:
+def ensure_backbone_weights(cfg: ExperimentConfig, progress: bool = True) -> None:
     """Build the tiny pretrained backbone of the synthetic default if the config asks and it is absent."""
     m = cfg.model
     if m.build_pretrained and m.pretrained and not Path(m.pretrained).is_file():
@@ -120,7 +120,8 @@ def ensure_backbone_weights(cfg: ExperimentConfig) -> None:
 
         pretrain_backbone(Path(m.pretrained), backbone=m.backbone, image_size=tuple(m.image_size),
                           dataset=cfg.data.dataset, seed=1000 + (cfg.data.synthetic.seed
-                                                                 if cfg.data.synthetic else 0))
+                                                                 if cfg.data.synthetic else 0),
+                          progress=progress)
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
@@ -250,7 +251,7 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
     if not paper and len(select_set.captions) == 0:
         raise ValueError(f"{cfg.data.dataset} has an empty validation split; set data.val_fraction > 0 "
                          f"(ICFG-PEDES) or evaluation.paper_protocol=true to select on test")
-    ensure_backbone_weights(cfg)
+    ensure_backbone_weights(cfg, progress=progress)
     tokenizer = Tokenizer()
     # Re-seed right before building: whatever ran above (data generation, pretraining) must not change
     # the initial weights, or a resumed run would rebuild different frozen weights.
