@@ -86,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
             raise UsageError(str(exc)) from None
         if not outcome.completed:
-            print(f"[iclf demo] interrupted: `iclf demo` again continues it", flush=True)
+            print("[iclf demo] interrupted: `iclf demo` again continues it", flush=True)
             return 130
         print(f"[iclf demo] sweep done in {outcome.timings.get('total_s', 0):.0f} s: "
               f"{outcome.finished} finished, {outcome.failed} failed of {outcome.trials} trials",

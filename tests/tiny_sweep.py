@@ -28,6 +28,7 @@ space:
 seeds: {seeds}
 resources: {{cpu: 1, gpu: 0}}
 max_concurrent_trials: 2
+max_failures: 1
 storage_path: {tmp}/ray
 tracking: {{uri: {tmp}/mlflow.db}}
 {extra}"""
@@ -41,3 +42,41 @@ def write_tiny_spec(tmp: Path, name: str, space: str, *, seeds=(0,), epochs: int
     path.write_text(TEMPLATE.format(name=name, root=ROOT, tmp=tmp, epochs=epochs, space=space,
                                     seeds=list(seeds), extra=extra))
     return path
+
+
+def run_rank_sweep(tmp: Path, name: str) -> Path:
+    """Run a finished sweep to read back: lora.rank 0 vs 4 (the baseline 0) x seeds 0 and 1, on a
+    local 2-CPU Ray instance through `iclf sweep`; returns the spec."""
+    import ray
+
+    from iclf.cli import main
+
+    spec = write_tiny_spec(tmp, name, "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
+                           extra="baseline: {lora.rank: 0}\n")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["sweep", str(spec), "--quiet"]) == 0
+    finally:
+        ray.shutdown()
+    return spec
+
+
+def start_ui(spec: Path, cwd: Path):
+    """`iclf ui SPEC` on a free port; returns ``(process, base URL, experiment id)`` once the URL of
+    the sweep's run table is printed (the server is ready then). Terminate the process when done."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "iclf", "ui", str(spec), "--port", str(port),
+                             "--quiet"], stdout=subprocess.PIPE, text=True, cwd=cwd)
+    line = proc.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs", line)
+    if match is None:
+        proc.terminate()
+        raise AssertionError(f"iclf ui printed {line!r}")
+    return proc, match.group(1), match.group(2)

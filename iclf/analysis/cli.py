@@ -200,12 +200,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     try:
         baseline = ref.baseline()
         try:
-            paths = write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric)
+            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric)
         except ValueError:
             if baseline is None:
                 raise
             baseline = None
-            paths = write_report(trials, curves, tmp, baseline=None, metric=ref.metric)
+            write_report(trials, curves, tmp, baseline=None, metric=ref.metric)
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)

@@ -51,7 +51,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import random
@@ -71,7 +70,6 @@ from iclf.config import (
     parse_overrides,
     read_yaml,
     set_dotted,
-    to_dict,
 )
 
 PARAM_KINDS = ("grid", "choice", "uniform", "loguniform", "int")

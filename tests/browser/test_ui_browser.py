@@ -6,9 +6,7 @@ e.g. `make test-browser`."""
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -19,9 +17,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402
-from tiny_sweep import write_tiny_spec  # noqa: E402
+from tiny_sweep import run_rank_sweep, start_ui  # noqa: E402
 
-from iclf.cli import main  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
     "google-chrome")
@@ -43,23 +40,9 @@ def ui(tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("no Chromium (apt-get install chromium)")
     tmp = tmp_path_factory.mktemp("ui")
-    spec = write_tiny_spec(tmp, "uisweep", "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
-                           extra="baseline: {lora.rank: 0}\n")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    proc, base, exp_id = start_ui(run_rank_sweep(tmp, "uisweep"), cwd=tmp)
     try:
-        assert main(["sweep", str(spec), "--quiet"]) == 0
-    finally:
-        ray.shutdown()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "iclf", "ui", str(spec), "--port", str(port),
-                             "--quiet"], stdout=subprocess.PIPE, text=True, cwd=tmp)
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs", line)
-        assert match, line
-        yield tmp, match.group(1), match.group(2)
+        yield tmp, base, exp_id
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -4,8 +4,6 @@ the engine, MLflow on SQLite): two configurations x two seeds of the tiny model.
 import json
 import re
 import socket
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -21,19 +19,12 @@ from mlflow import MlflowClient  # noqa: E402
 from iclf.analysis.tables import parse_markdown  # noqa: E402
 from iclf.cli import main  # noqa: E402
 from iclf.config import load_config  # noqa: E402
-from tiny_sweep import write_tiny_spec  # noqa: E402
+from tiny_sweep import run_rank_sweep, start_ui  # noqa: E402
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    spec = write_tiny_spec(tmp, "cli", "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
-                           extra="baseline: {lora.rank: 0}\n")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        assert main(["sweep", str(spec), "--quiet"]) == 0
-    finally:
-        ray.shutdown()
-    return tmp, spec
+    return tmp, run_rank_sweep(tmp, "cli")
 
 
 def _client(tmp: Path) -> MlflowClient:
@@ -119,12 +110,6 @@ def test_errors_are_one_line_exit_2(sweep, capsys, tmp_path):
     assert f"no MLflow run {'0' * 32}" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, data: dict | None = None) -> bytes:
     body = None if data is None else json.dumps(data).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
@@ -134,14 +119,8 @@ def _get(url: str, data: dict | None = None) -> bytes:
 
 def test_ui_serves_the_sweep_runs_and_report(sweep):
     tmp, spec = sweep
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "iclf", "ui", str(spec), "--port", str(port),
-                             "--quiet"], stdout=subprocess.PIPE, text=True, cwd=tmp)
+    proc, base, exp_id = start_ui(spec, cwd=tmp)
     try:
-        line = proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs", line)
-        assert match, line
-        base, exp_id = match.group(1), match.group(2)
         runs = json.loads(_get(f"{base}/api/2.0/mlflow/runs/search",
                                {"experiment_ids": [exp_id], "max_results": 100}))["runs"]
         roles = [{t["key"]: t["value"] for t in r["data"]["tags"]}.get("iclf.role") for r in runs]

@@ -14,37 +14,16 @@ pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
 from iclf.sweep.cli import main  # noqa: E402
+from tiny_sweep import write_tiny_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 2
 
-SPEC = """\
-name: smoke
-base: {root}/experiments/synthetic.yaml
-overrides:
-  model.backbone: tiny
-  model.pretrained: null
-  model.build_pretrained: false
-  model.image_size: [64, 32]
-  fusion: {{style: interlaced, depth: 1, heads: 4}}
-  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
-  data.root: {tmp}/data
-  data.batch_size: 8
-  data.num_workers: 0
-  training.epochs: {epochs}
-  training.max_steps_per_epoch: 2
-  schedule.warmup_epochs: 0
-  evaluation.batch_size: 64
-  device: cpu
-space:
-  lora.rank: {{grid: [0, 4]}}
-seeds: [3]
-resources: {{cpu: 1, gpu: 0}}
-max_concurrent_trials: 2
-storage_path: {tmp}/ray
-tracking: {{uri: {tmp}/mlflow.db}}
-baseline: {{lora.rank: 0}}
-"""
+
+
+def write_smoke(tmp: Path) -> Path:
+    return write_tiny_spec(tmp, "smoke", "lora.rank: {grid: [0, 4]}", seeds=(3,), epochs=EPOCHS,
+                           extra="baseline: {lora.rank: 0}\n")
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +36,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("sweep")
-    spec = tmp / "smoke.yaml"
-    spec.write_text(SPEC.format(root=ROOT, tmp=tmp, epochs=EPOCHS))
+    spec = write_smoke(tmp)
     code = main([str(spec), "--quiet"])
     return tmp, spec, code
 
@@ -132,13 +110,10 @@ def test_existing_sweep_needs_resume(swept, capsys):
 
 
 def test_resume_without_sweep_and_bad_spec(tmp_path, capsys):
-    spec = tmp_path / "smoke.yaml"
-    spec.write_text(SPEC.format(root=ROOT, tmp=tmp_path, epochs=EPOCHS))
+    spec = write_smoke(tmp_path)
     assert main([str(spec), "--resume"]) == 2
     assert "nothing to resume at" in capsys.readouterr().err
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(SPEC.format(root=ROOT, tmp=tmp_path, epochs=EPOCHS).replace(
-        "lora.rank: {grid: [0, 4]}", "fusion.depth: {grid: [0, 1]}"))
+    bad = write_tiny_spec(tmp_path, "bad", "fusion.depth: {grid: [0, 1]}", epochs=EPOCHS)
     assert main([str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"error: {bad}: space.fusion.depth: with fusion.depth=0: losses.weights.mlm: the MLM " \

@@ -29,36 +29,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from iclf.sweep.spec import load_spec  # noqa: E402
 from iclf.sweep.tune import run_sweep  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
-
-SPEC = """\
-name: {name}
-base: {root}/experiments/synthetic.yaml
-overrides:
-  model.backbone: tiny
-  model.pretrained: null
-  model.build_pretrained: false
-  model.image_size: [64, 32]
-  fusion: {{style: interlaced, depth: 1, heads: 4}}
-  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
-  data.root: {tmp}/data
-  data.batch_size: 8
-  data.num_workers: 0
-  training.epochs: {epochs}
-  training.max_steps_per_epoch: 2
-  schedule.warmup_epochs: 0
-  evaluation.batch_size: 64
-  device: cpu
-space:
-  lora.rank: {{grid: [0, 4]}}
-seeds: [0]
-resources: {{cpu: 1, gpu: 0}}
-max_concurrent_trials: 2
-max_failures: 1
-storage_path: {tmp}/ray
-tracking: {{uri: {tmp}/mlflow.db}}
-"""
+from tiny_sweep import write_tiny_spec  # noqa: E402
 
 
 @pytest.fixture
@@ -87,9 +58,7 @@ def cluster():
 
 
 def write_spec(tmp: Path, name: str, epochs: int):
-    path = tmp / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, root=ROOT, tmp=tmp, epochs=epochs))
-    return load_spec(path)
+    return load_spec(write_tiny_spec(tmp, name, "lora.rank: {grid: [0, 4]}", epochs=epochs))
 
 
 def runs(tmp: Path, name: str):

@@ -23,45 +23,10 @@ from mlflow import MlflowClient  # noqa: E402
 from iclf.sweep.cli import main  # noqa: E402
 from iclf.sweep.spec import load_spec  # noqa: E402
 from iclf.sweep.tune import run_sweep  # noqa: E402
+from tiny_sweep import write_tiny_spec  # noqa: E402
 
 # The injected hook below runs inside Ray workers, which cannot import this test module by name.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-ROOT = Path(__file__).resolve().parents[2]
-
-SPEC = """\
-name: {name}
-base: {root}/experiments/synthetic.yaml
-overrides:
-  model.backbone: tiny
-  model.pretrained: null
-  model.build_pretrained: false
-  model.image_size: [64, 32]
-  fusion: {{style: interlaced, depth: 1, heads: 4}}
-  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
-  data.root: {tmp}/data
-  data.batch_size: 8
-  data.num_workers: 0
-  training.epochs: {epochs}
-  training.max_steps_per_epoch: 2
-  schedule.warmup_epochs: 0
-  evaluation.batch_size: 64
-  device: cpu
-space:
-  {space}
-seeds: [0]
-resources: {{cpu: 1, gpu: 0}}
-max_concurrent_trials: 2
-max_failures: 1
-storage_path: {tmp}/ray
-tracking: {{uri: {tmp}/mlflow.db}}
-"""
-
-
-def write_spec(tmp: Path, name: str, space: str, epochs: int) -> Path:
-    path = tmp / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, root=ROOT, tmp=tmp, epochs=epochs, space=space))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +68,7 @@ def children(tmp: Path, name: str):
 def test_crash_and_hard_exit_are_retried_from_checkpoint(tmp_path, ray_local):
     markers = tmp_path / "markers"
     markers.mkdir()
-    spec = load_spec(write_spec(tmp_path, "faults", "lora.rank: {grid: [0, 4]}", epochs=3))
+    spec = load_spec(write_tiny_spec(tmp_path, "faults", "lora.rank: {grid: [0, 4]}", epochs=3))
     outcome = run_sweep(spec, epoch_hook=functools.partial(crash_once, str(markers)), verbose=0)
     assert outcome.completed and (outcome.finished, outcome.failed) == (2, 0)
     kinds = sorted(p.read_text() for p in markers.iterdir() if p.name != "first")
@@ -126,7 +91,8 @@ def test_crash_and_hard_exit_are_retried_from_checkpoint(tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_nan_fails_only_its_trial(tmp_path, ray_local, capsys):
-    spec = write_spec(tmp_path, "nan", "losses.temperature: {grid: [0.02, 1.0e-40]}", epochs=2)
+    spec = write_tiny_spec(tmp_path, "nan", "losses.temperature: {grid: [0.02, 1.0e-40]}",
+                           epochs=2)
     assert main([str(spec), "--quiet"]) == 1  # completed, with a failed trial
     assert "1 finished, 1 failed of 2 trials" in capsys.readouterr().out
     client, parents, kids = children(tmp_path, "nan")

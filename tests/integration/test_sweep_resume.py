@@ -28,38 +28,12 @@ pytest.importorskip("mlflow")
 psutil = pytest.importorskip("psutil")
 
 from mlflow import MlflowClient  # noqa: E402
+from tiny_sweep import write_tiny_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
 TRIALS = 4  # lora.rank x seeds, two at a time
 
-SPEC = """\
-name: resume
-base: {root}/experiments/synthetic.yaml
-overrides:
-  model.backbone: tiny
-  model.pretrained: null
-  model.build_pretrained: false
-  model.image_size: [64, 32]
-  fusion: {{style: interlaced, depth: 1, heads: 4}}
-  data.synthetic: {{ids: 16, images_per_id: 2, seed: 0}}
-  data.root: {tmp}/data
-  data.batch_size: 8
-  data.num_workers: 0
-  training.epochs: {epochs}
-  training.max_steps_per_epoch: 2
-  schedule.warmup_epochs: 0
-  evaluation.batch_size: 64
-  device: cpu
-space:
-  lora.rank: {{grid: [0, 4]}}
-seeds: [0, 1]
-resources: {{cpu: 1, gpu: 0}}
-max_concurrent_trials: 2
-max_failures: 1
-storage_path: {tmp}/ray
-tracking: {{uri: {tmp}/mlflow.db}}
-"""
 
 HISTORY_KEYS = ("epoch", "val/R1", "val/mAP", "train/loss", "test/R1")
 
@@ -139,8 +113,8 @@ def epoch_events(run) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
-    spec = tmp_path / "resume.yaml"
-    spec.write_text(SPEC.format(root=ROOT, tmp=tmp_path, epochs=EPOCHS))
+    spec = write_tiny_spec(tmp_path, "resume", "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
+                           epochs=EPOCHS)
     state = tmp_path / "ray" / "resume" / "sweep.json"
     args = [str(spec), "--quiet", "--num-cpus", "2"]
 
