@@ -214,10 +214,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     facts = json.loads((out / "report.json").read_text())
     status = ref.parent.info.status
-    print(f"sweep {ref.name}: {facts['n_finished']} of {facts['n_trials']} trials finished "
-          f"({status.lower()}), {facts['n_configurations']} configurations, "
+    print(f"sweep {ref.name}: {facts['n_finished']} of {facts['n_trials']} trials finished, "
+          f"{facts['n_configurations']} configurations, "
           f"{facts['total_device_hours']:.3f} device-hours; metric {ref.metric}"
-          + (f", baseline {facts['baseline_key']}" if facts.get("baseline_key") else ""))
+          + (f", baseline {facts['baseline_key']}" if facts.get("baseline_key") else "")
+          + ("" if status == "FINISHED" else f" (the sweep is {status.lower()}: partial)"))
     print((out / "summary.txt").read_text().rstrip())
     importance = {k: v for k, v in facts.get("importance", {}).items()}
     if importance:
