@@ -485,6 +485,11 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
                 tune_config=tune.TuneConfig(
                     metric=OBJECTIVE, mode=spec.mode, search_alg=search, scheduler=scheduler,
                     num_samples=num_samples, max_concurrent_trials=spec.max_concurrent_trials,
+                    # A finished trial's worker process runs the next trial: no new process, no
+                    # second import of torch/iclf/MLflow (the demo sweep: 256 s -> 173 s). Safe
+                    # because a trial keeps no state outside run_trial and logs through its own
+                    # MlflowClient run id, never MLflow's process-global active run.
+                    reuse_actors=True,
                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=spec.sweep_name, storage_path=str(storage),
