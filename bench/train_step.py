@@ -15,9 +15,11 @@ Usage: python bench/train_step.py [--config experiments/synthetic.yaml] [--steps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -51,8 +53,9 @@ def main() -> None:
     bf16 = cfg.training.precision == "bf16" or (cfg.training.precision == "auto"
                                                and device.type == "cuda")
     seed_everything(cfg.seed, cfg.training.deterministic)
-    data = prepare_data(cfg, progress=False)
-    ensure_backbone_weights(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
+        data = prepare_data(cfg, progress=False)
+        ensure_backbone_weights(cfg, progress=False)
     model = build_model(cfg, num_classes=data.num_train_ids).to(device)
     objective = build_objective(cfg)
     optimizer = build_optimizer_for(cfg, model)
