@@ -282,11 +282,9 @@ def export_best(ref: SweepRef, run_id: str, dest: Path, facts: dict[str, Any]) -
 
     from iclf.config import load_config, to_dict
 
-    run = ref.client.get_run(run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        from iclf.analysis.reproduce import _source_config
+    from iclf.analysis.reproduce import load_source_config
 
-        cfg = load_config(_source_config(ref.client, run, Path(tmp)))
+    cfg = load_source_config(ref.client, ref.client.get_run(run_id))
     cfg = dataclasses.replace(cfg, name=f"{ref.name}-best", output_dir="runs/train")
     m = facts["metrics"].get(ref.metric, {})
     header = (f"# Best configuration of sweep {ref.name} by mean {ref.metric} over seeds:\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["COMPARED", "Comparison", "compare_metrics", "source_metrics", "reproduce_run",
-           "MlflowReporter", "GPU_TOLERANCE"]
+           "MlflowReporter", "GPU_TOLERANCE", "load_source_config"]
 
 COMPARED = ("val/R1", "val/mAP", "val/mINP", "test/R1", "test/mAP", "test/mINP")
 GPU_TOLERANCE = 0.5  # points; bf16 kernels on a GPU are not bit-reproducible across runs
@@ -110,17 +110,22 @@ class MlflowReporter:
                              step=int(result.best_epoch))
 
 
-def _source_config(client, run, workdir: Path) -> Path:
-    """The source run's resolved config file: its MLflow artifact, else the run directory's copy."""
-    try:
-        return Path(client.download_artifacts(run.info.run_id, "configs.yaml", str(workdir)))
-    except Exception:  # noqa: BLE001 - an artifact store without the file, or unreachable
-        local = Path(run.data.tags.get("run_dir", "")) / "configs.yaml"
-        if local.is_file():
-            return local
-        raise FileNotFoundError(
-            f"MLflow run {run.info.run_id} has no configs.yaml artifact and its run directory "
-            f"{local.parent} is not on this machine: nothing to reproduce from") from None
+def load_source_config(client, run):
+    """The resolved experiment config a trial run trained with: its ``configs.yaml`` MLflow artifact,
+    else the copy in the run directory its ``run_dir`` tag names (same machine)."""
+    from iclf.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = Path(client.download_artifacts(run.info.run_id, "configs.yaml", tmp))
+        except Exception:  # noqa: BLE001 - an artifact store without the file, or unreachable
+            path = Path(run.data.tags.get("run_dir", "")) / "configs.yaml"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"MLflow run {run.info.run_id} has no configs.yaml artifact and its run "
+                    f"directory {path.parent} is not on this machine: nothing to reproduce "
+                    f"from") from None
+        return load_config(path)
 
 
 def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | None = None,
@@ -132,7 +137,6 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
     """
     import torch
 
-    from iclf.config import load_config
     from iclf.engine import evaluate_run, train
     from iclf.engine.trainer import resolve_device
     from iclf.tracking.mlflow import (
@@ -140,8 +144,7 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
 
     source = source_metrics(client, run)
     src_id = run.info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(_source_config(client, run, Path(tmp)))
+    cfg = load_source_config(client, run)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     cfg = dataclasses.replace(cfg, name=f"reproduce-{src_id[:8]}-{stamp}",
                               output_dir=str(Path(output_dir).resolve()))
