@@ -80,3 +80,14 @@ def start_ui(spec: Path, cwd: Path):
         proc.terminate()
         raise AssertionError(f"iclf ui printed {line!r}")
     return proc, match.group(1), match.group(2)
+
+
+def sweep_runs(tmp: Path, name: str):
+    """``(client, parent runs, trial runs)`` of sweep ``name`` in ``<tmp>/mlflow.db``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    found = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    parents = [r for r in found if r.data.tags.get("iclf.role") == "sweep"]
+    kids = [r for r in found if r.data.tags.get("iclf.role") == "trial"]
+    return client, parents, kids

@@ -29,7 +29,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from iclf.sweep.spec import load_spec  # noqa: E402
 from iclf.sweep.tune import run_sweep  # noqa: E402
-from tiny_sweep import write_tiny_spec  # noqa: E402
+from tiny_sweep import sweep_runs, write_tiny_spec  # noqa: E402
 
 
 @pytest.fixture
@@ -61,15 +61,6 @@ def write_spec(tmp: Path, name: str, epochs: int):
     return load_spec(write_tiny_spec(tmp, name, "lora.rank: {grid: [0, 4]}", epochs=epochs))
 
 
-def runs(tmp: Path, name: str):
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    found = client.search_runs([exp.experiment_id])
-    parents = [r for r in found if r.data.tags.get("iclf.role") == "sweep"]
-    kids = [r for r in found if r.data.tags.get("iclf.role") == "trial"]
-    return client, parents, kids
-
-
 def check_complete(client, parents, kids, epochs: int) -> None:
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(kids) == 2
@@ -90,7 +81,7 @@ def test_trials_run_on_both_nodes(tmp_path, cluster):
     spec = write_spec(tmp_path, "nodes", epochs=2)
     outcome = run_sweep(spec, address=c.address, verbose=0)
     assert outcome.completed and (outcome.finished, outcome.failed) == (2, 0)
-    client, parents, kids = runs(tmp_path, "nodes")
+    client, parents, kids = sweep_runs(tmp_path, "nodes")
     check_complete(client, parents, kids, epochs=2)
     assert parents[0].data.tags["ray_address"] == c.address
     assert {r.data.tags["node_id"] for r in kids} == {w.node_id for w in workers}
@@ -135,7 +126,7 @@ def test_node_removed_mid_sweep(tmp_path, cluster):
         watcher.join(timeout=60)
     assert removed, "no trial logged two epochs while both nodes were up"
     assert outcome.completed and (outcome.finished, outcome.failed) == (2, 0)
-    client, parents, kids = runs(tmp_path, "lose")
+    client, parents, kids = sweep_runs(tmp_path, "lose")
     check_complete(client, parents, kids, epochs=epochs)  # two runs: the retry reopened its own
     survivor = ({w.node_id for w in workers} - {removed["node"]}).pop()
     hit = next(r for r in kids if r.info.run_id == removed["run"])

@@ -18,12 +18,11 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
 import ray.cloudpickle  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
 
 from iclf.sweep.cli import main  # noqa: E402
 from iclf.sweep.spec import load_spec  # noqa: E402
 from iclf.sweep.tune import run_sweep  # noqa: E402
-from tiny_sweep import write_tiny_spec  # noqa: E402
+from tiny_sweep import sweep_runs, write_tiny_spec  # noqa: E402
 
 # The injected hook below runs inside Ray workers, which cannot import this test module by name.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -55,15 +54,6 @@ def crash_once(marker_dir: str, epoch: int, trial_id: str) -> None:
     os._exit(1)
 
 
-def children(tmp: Path, name: str):
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("iclf.role") == "sweep"]
-    kids = [r for r in runs if r.data.tags.get("iclf.role") == "trial"]
-    return client, parents, kids
-
-
 @pytest.mark.slow
 def test_crash_and_hard_exit_are_retried_from_checkpoint(tmp_path, ray_local):
     markers = tmp_path / "markers"
@@ -73,7 +63,7 @@ def test_crash_and_hard_exit_are_retried_from_checkpoint(tmp_path, ray_local):
     assert outcome.completed and (outcome.finished, outcome.failed) == (2, 0)
     kinds = sorted(p.read_text() for p in markers.iterdir() if p.name != "first")
     assert kinds == ["exit", "raise"]
-    client, parents, kids = children(tmp_path, "faults")
+    client, parents, kids = sweep_runs(tmp_path, "faults")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(kids) == 2  # the retries reopened their runs
     for run in kids:
@@ -95,7 +85,7 @@ def test_nan_fails_only_its_trial(tmp_path, ray_local, capsys):
                            epochs=2)
     assert main([str(spec), "--quiet"]) == 1  # completed, with a failed trial
     assert "1 finished, 1 failed of 2 trials" in capsys.readouterr().out
-    client, parents, kids = children(tmp_path, "nan")
+    client, parents, kids = sweep_runs(tmp_path, "nan")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["trials_failed"] == "1"
     by_key = {r.data.tags["config_key"]: r for r in kids}
