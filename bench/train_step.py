@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     from iclf.config import load_config
-    from iclf.engine.evaluate import autocast_context
+    from iclf.engine.evaluate import autocast_context, use_bf16
     from iclf.engine.seed import seed_everything
     from iclf.engine.trainer import (
         build_model, build_objective, build_optimizer_for, build_train_loader, count_params,
@@ -50,8 +50,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = resolve_paths(load_config(args.config, args.overrides))
     device = resolve_device(cfg.device)
-    bf16 = cfg.training.precision == "bf16" or (cfg.training.precision == "auto"
-                                               and device.type == "cuda")
+    bf16 = use_bf16(cfg.training.precision, device)
     seed_everything(cfg.seed, cfg.training.deterministic)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON only
         data = prepare_data(cfg, progress=False)

@@ -19,9 +19,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from iclf.names import EVAL_METRICS, FUSION_LOSSES, fusion_problem
+
 LOSS_NAMES = ("itc", "sdm", "mlm", "itm", "id")
 DATASET_NAMES = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
-METRIC_NAMES = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 class ConfigError(ValueError):
@@ -176,7 +177,7 @@ class TrainingConfig:
 @dataclass
 class EvaluationConfig:
     eval_period: int = 1
-    metric: Literal["R1", "R5", "R10", "mAP", "mINP"] = "R1"
+    metric: Literal[EVAL_METRICS] = "R1"  # one of iclf.names.EVAL_METRICS
     paper_protocol: bool = False
     batch_size: int = 256
 
@@ -236,10 +237,9 @@ def validate(cfg: ExperimentConfig) -> None:
     for n in LOSS_NAMES:
         _check(getattr(w, n) >= 0, f"losses.weights.{n}", "must be >= 0")
     _check(any(getattr(w, n) > 0 for n in LOSS_NAMES), "losses.weights", "at least one loss must be on")
-    for n in ("mlm", "itm"):
-        _check(getattr(w, n) == 0 or fu.depth > 0, f"losses.weights.{n}",
-               f"the {n.upper()} loss needs the fusion module, but fusion.depth is 0; "
-               f"set losses.weights.{n}=0 or fusion.depth>=1")
+    for n in FUSION_LOSSES:
+        problem = fusion_problem([n] if getattr(w, n) > 0 else [], fu.depth)
+        _check(problem is None, f"losses.weights.{n}", problem or "")
     _check(0 <= cfg.losses.itm_ce_weight <= 1, "losses.itm_ce_weight", "must be in [0, 1]")
     _check(0 <= cfg.losses.intra_alpha <= 1, "losses.intra_alpha", "must be in [0, 1]")
     _check(cfg.losses.temperature > 0, "losses.temperature", "must be > 0")

@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from iclf.names import STATE_FILE
+
 __all__ = ["add_demo_parser", "run_demo", "DEMO_SPEC"]
 
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "ablations" / "demo.yaml"
@@ -60,7 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from iclf.sweep import tune as sweep_tune
 
     _, sweep_dir, uri = sweep_tune.sweep_paths(spec)
-    state_file = sweep_dir / sweep_tune.STATE_FILE
+    state_file = sweep_dir / STATE_FILE
     resume = False
     spec_arg = _rel(Path(args.spec))
     if state_file.is_file():

@@ -23,11 +23,10 @@ from iclf.losses import (
     sample_hard_negatives,
     sdm_loss,
 )
+from iclf.names import FUSION_LOSSES, fusion_problem
 
 #: Loss names an :class:`Objective` accepts as weight keys.
 LOSS_NAMES: tuple[str, ...] = ("itc", "sdm", "mlm", "itm", "id")
-#: Losses that run the fusion module, and so need a model built with one.
-FUSION_LOSSES: tuple[str, ...] = ("mlm", "itm")
 #: Losses on the global (CLS / EOT) features of ``caption_ids``.
 GLOBAL_LOSSES: tuple[str, ...] = ("itc", "sdm", "itm", "id")
 BATCH_KEYS: tuple[str, ...] = ("images", "caption_ids", "mlm_ids", "mlm_labels", "pids")
@@ -92,13 +91,10 @@ class Objective:
 
     def check_model(self, model: Any) -> None:
         """Refuse MLM / ITM on a model built without a fusion module (method.md decisions)."""
-        if getattr(model, "fusion", None) is None:
-            needing = [name for name in FUSION_LOSSES if self.weights[name] > 0.0]
-            if needing:
-                raise ValueError(
-                    f"Objective: losses {needing} need the fusion module but the model has none "
-                    "(fusion depth 0); set their weights to 0 or build the model with fusion"
-                )
+        depth = 0 if getattr(model, "fusion", None) is None else 1
+        problem = fusion_problem(self.active, depth)
+        if problem is not None:
+            raise ValueError(f"Objective: {problem}")
 
     def __repr__(self) -> str:
         return (

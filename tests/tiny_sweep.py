@@ -44,15 +44,15 @@ def write_tiny_spec(tmp: Path, name: str, space: str, *, seeds=(0,), epochs: int
     return path
 
 
-def run_rank_sweep(tmp: Path, name: str) -> Path:
+def run_rank_sweep(tmp: Path, name: str, extra: str = "") -> Path:
     """Run a finished sweep to read back: lora.rank 0 vs 4 (the baseline 0) x seeds 0 and 1, on a
-    local 2-CPU Ray instance through `iclf sweep`; returns the spec."""
+    local 2-CPU Ray instance through `iclf sweep`; returns the spec. ``extra``: more spec keys."""
     import ray
 
     from iclf.cli import main
 
     spec = write_tiny_spec(tmp, name, "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
-                           extra="baseline: {lora.rank: 0}\n")
+                           extra="baseline: {lora.rank: 0}\n" + extra)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert main(["sweep", str(spec), "--quiet"]) == 0

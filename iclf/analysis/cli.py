@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iclf.names import (
+    DEFAULT_DB, METRIC_TAG, MODE_TAG, PARAM_PREFIX, ROLE_TAG, SOURCE_RUN_TAG, STATE_FILE,
+    STORAGE_TAG, SWEEP_TAG)
+
 __all__ = ["add_analysis_parsers", "SweepRef", "resolve_sweep"]
 
-DEFAULT_DB = "runs/mlflow.db"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -54,7 +57,7 @@ class SweepRef:
 
     @property
     def name(self) -> str:
-        return self.parent.data.tags.get("iclf.sweep", self.parent.info.run_name)
+        return self.parent.data.tags.get(SWEEP_TAG, self.parent.info.run_name)
 
     @property
     def parent_run_id(self) -> str:
@@ -66,15 +69,15 @@ class SweepRef:
 
     @property
     def metric(self) -> str:
-        return self.parent.data.tags.get("metric", "val/R1")
+        return self.parent.data.tags.get(METRIC_TAG, "val/R1")
 
     @property
     def mode(self) -> str:
-        return self.parent.data.tags.get("mode", "max")
+        return self.parent.data.tags.get(MODE_TAG, "max")
 
     @property
     def storage(self) -> Path | None:
-        s = self.parent.data.tags.get("storage")
+        s = self.parent.data.tags.get(STORAGE_TAG)
         return Path(s) if s else None
 
     def resolved_spec(self) -> dict[str, Any]:
@@ -105,7 +108,7 @@ def _connect(uri: str):
 
 def resolve_sweep(target: str | None, tracking_uri: str | None = None) -> SweepRef:
     """Find the sweep ``target`` names (see the module docstring); ``None`` = the latest sweep."""
-    from iclf.tracking.mlflow import ROLE_TAG, find_sweep_run, resolve_tracking_uri
+    from iclf.tracking.mlflow import find_sweep_run, resolve_tracking_uri
 
     name = target
     parent_id = None
@@ -114,7 +117,7 @@ def resolve_sweep(target: str | None, tracking_uri: str | None = None) -> SweepR
     if path is not None and path.is_file() and path.suffix in (".yaml", ".yml"):
         from iclf.config import ConfigError
         from iclf.sweep.spec import load_spec
-        from iclf.sweep.tune import STATE_FILE, sweep_paths
+        from iclf.sweep.tune import sweep_paths
 
         try:
             spec = load_spec(path)
@@ -125,8 +128,8 @@ def resolve_sweep(target: str | None, tracking_uri: str | None = None) -> SweepR
         state = sweep_dir / STATE_FILE
         if state.is_file():
             parent_id = json.loads(state.read_text()).get("parent_run_id")
-    elif path is not None and (path / "sweep.json").is_file():
-        state = json.loads((path / "sweep.json").read_text())
+    elif path is not None and (path / STATE_FILE).is_file():
+        state = json.loads((path / STATE_FILE).read_text())
         name, parent_id = state.get("sweep"), state.get("parent_run_id")
         uri = uri or state.get("tracking_uri")
     uri = uri or resolve_tracking_uri(None, DEFAULT_DB)
@@ -164,21 +167,23 @@ def _summary(ref: SweepRef, trials):
     from iclf.analysis import summarize_sweep
 
     try:
-        return summarize_sweep(trials, baseline=ref.baseline(), primary=ref.metric)
+        return summarize_sweep(trials, baseline=ref.baseline(), primary=ref.metric, mode=ref.mode)
     except ValueError:  # e.g. the baseline configuration has no finished trial (yet)
-        return summarize_sweep(trials, baseline=None, primary=ref.metric)
+        return summarize_sweep(trials, baseline=None, primary=ref.metric, mode=ref.mode)
 
 
 def _best_trial(summary, trials, metric: str) -> Any:
-    """The best configuration's best seed (ties: the lowest seed): the trial `reproduce` re-runs."""
-    from iclf.analysis import finished_trials
+    """The best configuration's best seed under the sweep's mode (ties: the lowest seed): the trial
+    `reproduce` re-runs."""
+    from iclf.analysis import best, finished_trials
 
-    key = summary.best_key
+    key = best(summary, summary.mode)
     if key is None:
         raise _usage(f"no finished trial has {metric}")
     rows = finished_trials(trials)
     rows = rows[rows["config_key"].astype(str) == key].sort_values("seed")
-    return rows.loc[rows[metric].astype(float).idxmax()]
+    values = rows[metric].astype(float)
+    return rows.loc[values.idxmax() if summary.mode == "max" else values.idxmin()]
 
 
 # ------------------------------------------------------------------------------------ summary
@@ -200,12 +205,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     try:
         baseline = ref.baseline()
         try:
-            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric)
+            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric, mode=ref.mode)
         except ValueError:
             if baseline is None:
                 raise
             baseline = None
-            write_report(trials, curves, tmp, baseline=None, metric=ref.metric)
+            write_report(trials, curves, tmp, baseline=None, metric=ref.metric, mode=ref.mode)
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)
@@ -246,14 +251,15 @@ def best_facts(ref: SweepRef) -> dict[str, Any]:
     trials, _ = _frames(ref)
     summary = _summary(ref, trials)
     trial = _best_trial(summary, trials, ref.metric)
-    row = summary.table[summary.table["config_key"] == summary.best_key].iloc[0]
+    key = str(trial["config_key"])
+    row = summary.table[summary.table["config_key"] == key].iloc[0]
     metrics = {}
     for m in summary.metrics:
         metrics[m] = {"mean": _num(row[f"{m} mean"]), "std": _num(row[f"{m} std"]),
                       "ci95": _num(row[f"{m} ci95"]), "n": int(row[f"{m} n"])}
-    params = {c[len("param."):]: _plain(row[c]) for c in summary.params}
+    params = {c[len(PARAM_PREFIX):]: _plain(row[c]) for c in summary.params}
     return {"sweep": ref.name, "tracking_uri": ref.tracking_uri, "metric": ref.metric,
-            "config_key": summary.best_key, "params": params, "seeds": str(row["seeds"]),
+            "config_key": key, "params": params, "seeds": str(row["seeds"]),
             "metrics": metrics, "trial_run_id": str(trial["run_id"]), "trial_seed": int(trial["seed"]),
             "trainable_params": _plain(row.get("trainable_params"))}
 
@@ -361,7 +367,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(comparison.table())
     verdict = "reproduced" if comparison.ok else "NOT reproduced"
     print(f"{verdict}: max |difference| {comparison.max_abs_difference:.4f} points, tolerance "
-          f"{comparison.tolerance:g}; new MLflow run {new_id} (tag iclf.source_run="
+          f"{comparison.tolerance:g}; new MLflow run {new_id} (tag {SOURCE_RUN_TAG}="
           f"{run.info.run_id})")
     return 0 if comparison.ok else 1
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from iclf.analysis import plots
 from iclf.analysis.importance import param_importances
-from iclf.analysis.summary import PARAM_PREFIX, finished_trials, summarize_sweep
+from iclf.analysis.summary import PARAM_PREFIX, best, finished_trials, summarize_sweep
 from iclf.analysis.tables import write_tables
 
 __all__ = ["write_report"]
@@ -29,6 +29,7 @@ def write_report(
     metrics: Sequence[str] | None = None,
     evaluator: str = "ped_anova",
     seed: int | None = 0,
+    mode: str = "max",
 ) -> dict[str, Path]:
     """Write the sweep report under ``out_dir`` and return ``{artifact: path}``.
 
@@ -37,12 +38,13 @@ def write_report(
     (when trainable parameter counts are known), ``curves_png`` (when ``curves`` has points of
     FINISHED runs) and ``report_json`` (totals, baseline, best configuration, skipped artifacts).
     ``metric`` is the primary validation metric that ranks configurations, is compared with the
-    baseline and scores importance; ``params`` restricts importance and figures to some of the
+    baseline and scores importance; ``mode`` (the spec's) says whether its best is the max or the min;
+    ``params`` restricts importance and figures to some of the
     ablated parameters (dotted names, default all ``param.*`` columns).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize_sweep(trials, metrics=metrics, baseline=baseline, primary=metric)
+    summary = summarize_sweep(trials, metrics=metrics, baseline=baseline, primary=metric, mode=mode)
     paths: dict[str, Path] = {f"summary_{k}": p for k, p in write_tables(summary, out).items()}
     skipped: dict[str, str] = {}
 
@@ -75,7 +77,8 @@ def write_report(
         "metrics": list(summary.metrics),
         "params": [p[len(PARAM_PREFIX) :] for p in summary.params],
         "baseline_key": summary.baseline_key,
-        "best_key": summary.best_key,
+        "best_key": best(summary, summary.mode),
+        "mode": summary.mode,
         "total_device_hours": summary.total_device_hours,
         "n_trials": summary.n_trials,
         "n_finished": summary.n_finished,

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iclf.names import (
+    EPOCH, PARENT_TAG, ROLE_TAG, RUN_DIR_TAG, SEED_TAG, SOURCE_RUN_TAG, SUMMARY_METRICS, SWEEP_TAG, THREADS_TAG,
+    without_test)
+
 __all__ = ["COMPARED", "Comparison", "compare_metrics", "source_metrics", "reproduce_run",
            "MlflowReporter", "GPU_TOLERANCE", "load_source_config"]
 
-COMPARED = ("val/R1", "val/mAP", "val/mINP", "test/R1", "test/mAP", "test/mINP")
+COMPARED = SUMMARY_METRICS
 GPU_TOLERANCE = 0.5  # points; bf16 kernels on a GPU are not bit-reproducible across runs
 
 
@@ -97,13 +101,12 @@ class MlflowReporter:
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.logger.log_params(info.get("config", {}))
-        self.logger.set_tags({"device": info["device"], "run_dir": info["run_dir"],
-                              "torch_threads": info.get("torch_threads", "")})
+        self.logger.set_tags({"device": info["device"], RUN_DIR_TAG: info["run_dir"],
+                              THREADS_TAG: info.get("torch_threads", "")})
         self.logger.log_once({"trainable_params": info["trainable_params"]}, step=0)
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        self.logger.log_epoch(int(epoch), {k: v for k, v in metrics.items()
-                                           if not k.startswith("test")})
+        self.logger.log_epoch(int(epoch), without_test(metrics))
 
     def on_result(self, result: Any) -> None:
         self.logger.log_once({f"test/{k}": v for k, v in result.test.items()},
@@ -119,7 +122,7 @@ def load_source_config(client, run):
         try:
             path = Path(client.download_artifacts(run.info.run_id, "configs.yaml", tmp))
         except Exception:  # noqa: BLE001 - an artifact store without the file, or unreachable
-            path = Path(run.data.tags.get("run_dir", "")) / "configs.yaml"
+            path = Path(run.data.tags.get(RUN_DIR_TAG, "")) / "configs.yaml"
             if not path.is_file():
                 raise FileNotFoundError(
                     f"MLflow run {run.info.run_id} has no configs.yaml artifact and its run "
@@ -139,8 +142,7 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
 
     from iclf.engine import evaluate_run, train
     from iclf.engine.trainer import resolve_device
-    from iclf.tracking.mlflow import (
-        PARENT_TAG, ROLE_TAG, STEP_KEY, SWEEP_TAG, RunLogger, close_run)
+    from iclf.tracking.mlflow import RunLogger, close_run
 
     source = source_metrics(client, run)
     src_id = run.info.run_id
@@ -153,14 +155,14 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
     dev = resolve_device(cfg.device)
     if tolerance is None:
         tolerance = 0.0 if dev.type == "cpu" else GPU_TOLERANCE
-    trained = int(run.data.metrics.get(STEP_KEY, cfg.training.epochs))
+    trained = int(run.data.metrics.get(EPOCH, cfg.training.epochs))
     stop = trained if 0 < trained < cfg.training.epochs else None
-    threads = run.data.tags.get("torch_threads", "")
+    threads = run.data.tags.get(THREADS_TAG, "")
 
     new_id = client.create_run(
         run.info.experiment_id, run_name=f"reproduce {run.info.run_name or src_id[:8]}",
-        tags={ROLE_TAG: "reproduce", "iclf.source_run": src_id, PARENT_TAG: src_id,
-              SWEEP_TAG: run.data.tags.get(SWEEP_TAG, ""), "seed": cfg.seed,
+        tags={ROLE_TAG: "reproduce", SOURCE_RUN_TAG: src_id, PARENT_TAG: src_id,
+              SWEEP_TAG: run.data.tags.get(SWEEP_TAG, ""), SEED_TAG: cfg.seed,
               "epochs_trained": trained}).info.run_id
     saved_threads = torch.get_num_threads()
     try:

@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from iclf.analysis.stats import mean_std_ci, paired_t_test, welch_t_test
+from iclf.names import PARAM_PREFIX, SUMMARY_METRICS
 
 __all__ = [
     "DEFAULT_METRICS",
     "PARAM_PREFIX",
     "SweepSummary",
+    "best",
     "finished_trials",
     "param_columns",
     "resolve_baseline",
@@ -31,15 +33,7 @@ __all__ = [
     "summarize_sweep",
 ]
 
-PARAM_PREFIX = "param."
-DEFAULT_METRICS: tuple[str, ...] = (
-    "val/R1",
-    "val/mAP",
-    "val/mINP",
-    "test/R1",
-    "test/mAP",
-    "test/mINP",
-)
+DEFAULT_METRICS: tuple[str, ...] = SUMMARY_METRICS
 FINISHED = "FINISHED"
 _REQUIRED = ("run_id", "config_key", "seed", "status")
 
@@ -262,14 +256,21 @@ class SweepSummary:
     n_trials: int
     n_finished: int
     alpha: float = 0.05
+    mode: str = "max"  # how `primary` ranks: the spec's mode
 
-    @property
-    def best_key(self) -> str | None:
-        """The configuration with the highest mean of the primary metric."""
-        col = f"{self.primary} mean"
-        if self.table[col].isna().all():
-            return None
-        return str(self.table.loc[self.table[col].idxmax(), "config_key"])
+
+def best(summary: SweepSummary, mode: str) -> str | None:
+    """The configuration whose mean of the primary metric is best under ``mode`` (max or min); the
+    first in table order on a tie; None when no configuration has the metric. The one rule by which
+    the sweep, ``iclf summary``, ``iclf best`` and ``iclf reproduce`` name a winner."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be max or min, got {mode!r}")
+    col = f"{summary.primary} mean"
+    values = summary.table[col]
+    if values.isna().all():
+        return None
+    index = values.idxmax() if mode == "max" else values.idxmin()
+    return str(summary.table.loc[index, "config_key"])
 
 
 def summarize_sweep(
@@ -278,8 +279,10 @@ def summarize_sweep(
     baseline: Baseline = None,
     primary: str = "val/R1",
     alpha: float = 0.05,
+    mode: str = "max",
 ) -> SweepSummary:
-    """:func:`summarize` plus the sweep totals, bundled as a :class:`SweepSummary`."""
+    """:func:`summarize` plus the sweep totals, bundled as a :class:`SweepSummary`; ``mode`` is how
+    ``primary`` ranks configurations (see :func:`best`)."""
     if metrics is None:
         metrics = [m for m in DEFAULT_METRICS if m in trials.columns]
     if primary not in metrics:
@@ -298,4 +301,5 @@ def summarize_sweep(
         n_trials=len(trials),
         n_finished=len(finished_trials(trials)),
         alpha=alpha,
+        mode=mode,
     )

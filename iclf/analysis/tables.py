@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iclf.analysis.summary import SweepSummary
+from iclf.analysis.summary import SweepSummary, best
 
 __all__ = [
     "format_console",
@@ -361,8 +361,10 @@ def format_console(
             f"(paired on equal seeds, else Welch); * p < {view.alpha:g}"
         )
     if isinstance(summary, SweepSummary):
-        if summary.best_key is not None:
-            out.append(f"best by {summary.primary}: {summary.best_key}")
+        winner = best(summary, summary.mode)
+        if winner is not None:
+            how = "" if summary.mode == "max" else f" ({summary.mode})"
+            out.append(f"best by {summary.primary}{how}: {winner}")
         out.append(
             f"device-hours: {summary.total_device_hours:.2f} over {summary.n_trials} runs "
             f"({summary.n_finished} finished)"

@@ -11,6 +11,12 @@ from torch.utils.data import DataLoader
 from iclf.metrics import evaluate_features, retrieval_metrics
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """The precision rule (method.md, decisions): bf16 autocast over fp32 master weights when
+    ``training.precision`` is ``bf16``, or ``auto`` on a GPU; fp32 otherwise."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast_context(device: torch.device, bf16: bool):
     """bf16 autocast on CUDA when asked; a no-op elsewhere (fp32 on the CPU)."""
     if bf16 and device.type == "cuda":

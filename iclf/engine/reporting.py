@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol, Sequence, TextIO
 
+from iclf.names import HEADLINE_METRICS
+
 
 class Reporter(Protocol):
     def on_start(self, info: dict[str, Any]) -> None: ...
@@ -58,7 +60,7 @@ class ConsoleReporter:
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         keys = [k for k in metrics if k.startswith(("val/", "test/")) and k.split("/")[-1] in
-                ("R1", "mAP", "mINP")]
+                HEADLINE_METRICS]
         shown = " ".join(f"{k}={metrics[k]:.2f}" for k in keys)
         print(f"[iclf] epoch {epoch}: loss={metrics.get('train/loss', float('nan')):.4f} {shown}",
               file=self.stream, flush=True)

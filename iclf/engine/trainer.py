@@ -24,13 +24,12 @@ from tqdm import tqdm
 
 from iclf.config import ExperimentConfig, flatten, save_config, to_dict
 from iclf.engine import checkpoint as ckpt
-from iclf.engine.evaluate import autocast_context, chance_levels, evaluate_split
+from iclf.engine.evaluate import autocast_context, chance_levels, evaluate_split, use_bf16
 from iclf.engine.optim import build_optimizer, build_param_groups
 from iclf.engine.reporting import ConsoleReporter, JsonlReporter, Reporter, Reporters
 from iclf.engine.schedule import warmup_cosine_factor
 from iclf.engine.seed import get_rng_state, seed_everything, set_rng_state
-
-EVAL_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+from iclf.names import EVAL_METRICS, better
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -213,10 +212,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _is_better(new: float, old: float | None) -> bool:
-    return old is None or new > old
-
-
 # ----------------------------------------------------------------------------------- training
 
 
@@ -237,8 +232,7 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
     if progress is None:
         progress = sys.stderr.isatty()
     device = resolve_device(cfg.device)
-    bf16 = cfg.training.precision == "bf16" or (cfg.training.precision == "auto"
-                                               and device.type == "cuda")
+    bf16 = use_bf16(cfg.training.precision, device)
     seed_everything(cfg.seed, cfg.training.deterministic)
 
     from iclf.data.transforms import build_test_transform
@@ -352,7 +346,7 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
         if evaluated:
             state["last_metrics"] = evaluate_split(model, select_set, **eval_kwargs)
             value = state["last_metrics"][metric]
-            if _is_better(value, state["best"]):
+            if better(value, state["best"], "max"):  # every retrieval metric: higher is better
                 state.update(best=value, best_epoch=epoch, best_metrics=dict(state["last_metrics"]))
                 ckpt.save_atomic(ckpt.trainable_state_dict(model), ckpt_dir / ckpt.BEST_FILE)
         metrics.update({f"{select_split}/{k}": v for k, v in state["last_metrics"].items()})
@@ -423,8 +417,7 @@ def evaluate_run(run_dir: str | Path, *, which: str = "best", split: str = "test
         weights_file = ckpt_dir / ckpt.STATE_FILE
         weights = ckpt.load(weights_file)["model"]
     ckpt.load_trainable_state_dict(model, weights, weights_file)
-    bf16 = cfg.training.precision == "bf16" or (cfg.training.precision == "auto"
-                                               and dev.type == "cuda")
+    bf16 = use_bf16(cfg.training.precision, dev)
     eval_set = data.test if split == "test" else data.val
     return evaluate_split(model, eval_set, transform=build_test_transform(tuple(cfg.model.image_size)),
                           tokenizer=Tokenizer(), batch_size=cfg.evaluation.batch_size, device=dev,

@@ -17,6 +17,7 @@ from torch import nn
 from iclf.models.fusion import Fusion, FusionStyle
 from iclf.models.heads import IDClassifier, ITMHead, MLMHead
 from iclf.models.lora import LoraSettings, apply_lora, count_trainable
+from iclf.names import FUSION_LOSSES, fusion_problem
 
 __all__ = ["Features", "ICLFModel", "build_iclf_model"]
 
@@ -67,10 +68,10 @@ class ICLFModel(nn.Module):
         temp_init: float = 0.07,
     ) -> None:
         super().__init__()
-        if (mlm_head is not None or itm_head is not None) and fusion is None:
-            raise ValueError(
-                "ICLFModel: the MLM and ITM heads need a fusion module (fusion is None)"
-            )
+        heads = [n for n, h in (("mlm", mlm_head), ("itm", itm_head)) if h is not None]
+        problem = fusion_problem(heads, 0 if fusion is None else 1)
+        if problem is not None:
+            raise ValueError(f"ICLFModel: {problem}")
         if not temp_init > 0:
             raise ValueError(f"ICLFModel: temp_init must be > 0, got {temp_init!r}")
         self.backbone = backbone
@@ -114,10 +115,7 @@ class ICLFModel(nn.Module):
     def fuse(self, text_tokens: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         """[B, L, D] text tokens attend to [B, N, D] image tokens -> fused [B, L, D]."""
         if self.fusion is None:
-            raise RuntimeError(
-                "ICLFModel.fuse: this model has no fusion module (fusion depth 0); MLM and ITM "
-                "need fusion depth >= 1"
-            )
+            raise RuntimeError(f"ICLFModel.fuse: {fusion_problem(FUSION_LOSSES, 0)}")
         return self.fusion(text_tokens, image_tokens)
 
     def mlm_logits(self, fused: torch.Tensor, positions_mask: torch.Tensor) -> torch.Tensor:
@@ -192,12 +190,10 @@ def build_iclf_model(
     from iclf.models import create_backbone  # the package re-exports the backbone factory
 
     needs_fusion = need_mlm or need_itm
-    if needs_fusion and fusion_depth < 1:
-        enabled = " and ".join(n for n, on in (("MLM", need_mlm), ("ITM", need_itm)) if on)
-        raise ValueError(
-            f"{enabled} need the fusion module, but fusion depth is {fusion_depth}; set depth >= 1 "
-            "or disable those losses"
-        )
+    problem = fusion_problem([n for n, on in (("mlm", need_mlm), ("itm", need_itm)) if on],
+                             fusion_depth)
+    if problem is not None:
+        raise ValueError(problem)
     if need_id and (not isinstance(num_classes, int) or num_classes < 1):
         raise ValueError(f"the ID loss needs num_classes >= 1, got {num_classes!r}")
 

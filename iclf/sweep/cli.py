@@ -107,18 +107,20 @@ def run_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_best(outcome, metric: str, mode: str) -> None:
-    """The best configuration by its mean over seeds of the validation metric."""
+    """The best configuration by its mean over seeds of the validation metric (under ``mode``)."""
+    from iclf.analysis import best, summarize_sweep
     from iclf.tracking.mlflow import load_sweep_frames
 
     trials, _ = load_sweep_frames(outcome.tracking_uri, outcome.parent_run_id)
-    done = trials[trials["status"] == "FINISHED"] if not trials.empty else trials
-    if done.empty or metric not in done:
+    if trials.empty or metric not in trials or not (trials["status"] == "FINISHED").any():
         return
-    means = done.groupby("config_key")[metric].agg(["mean", "count"])
-    best = means["mean"].idxmax() if mode == "max" else means["mean"].idxmin()
-    row = means.loc[best]
-    print(f"[iclf]   best        : {best or '(base)'}: {metric} {row['mean']:.2f} "
-          f"(mean of {int(row['count'])} seeds; test metrics in MLflow)")
+    summary = summarize_sweep(trials, metrics=[metric], primary=metric, mode=mode)
+    key = best(summary, mode)
+    if key is None:
+        return
+    row = summary.table[summary.table["config_key"] == key].iloc[0]
+    print(f"[iclf]   best        : {key or '(base)'}: {metric} {row[f'{metric} mean']:.2f} "
+          f"(mean of {int(row[f'{metric} n'])} seeds; test metrics in MLflow)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

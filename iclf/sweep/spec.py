@@ -62,8 +62,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from iclf.names import PARAM_PREFIX, VAL_METRICS
 from iclf.config import (
-    METRIC_NAMES,
     ConfigError,
     ExperimentConfig,
     config_from_dict,
@@ -750,7 +750,7 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
         raise where.fail("seeds", "tpe with several seeds repeats each suggestion once per seed "
                                   "(Ray's Repeater), which cannot run under an early-stopping "
                                   "scheduler: use one seed with asha, or scheduler fifo")
-    valid = [f"val/{m}" for m in METRIC_NAMES]
+    valid = list(VAL_METRICS)
     if not isinstance(spec.metric, str) or spec.metric not in valid:
         hint = " (test metrics are never shown to the search)" if str(spec.metric).startswith(
             "test/") else ""
@@ -878,7 +878,7 @@ def _check_trial(where: _Where, spec: AblationSpec, key: str, params: Mapping[st
 
 def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """``{"param.<dotted>": value}`` with mappings as canonical JSON (for MLflow and DataFrames)."""
-    return {f"param.{k}": (json.dumps(v, sort_keys=True) if isinstance(v, (Mapping, list)) else v)
+    return {f"{PARAM_PREFIX}{k}": (json.dumps(v, sort_keys=True) if isinstance(v, (Mapping, list)) else v)
             for k, v in params.items()}
 
 

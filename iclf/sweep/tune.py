@@ -38,14 +38,12 @@ from typing import Any, Callable, Mapping
 
 from ray import tune
 
+from iclf.names import (
+    CONFIG_KEY_TAG, DEFAULT_DB, EPOCH, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG,
+    STATE_FILE, STORAGE_TAG, SWEEP_TAG, THREADS_TAG, best_so_far, better, without_test, worst)
 from iclf.sweep.spec import AblationSpec, config_key, flat_params
 
-OBJECTIVE = "objective"
-TIME_ATTR = "epoch"
-STATE_FILE = "sweep.json"
-DEFAULT_DB = "runs/mlflow.db"  # relative to the working directory, like storage_path's default
 MAX_ARTIFACT_MB = 512.0   # weights above this size stay on disk (path tagged) instead of in MLflow
-EVAL_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 class SweepError(RuntimeError):
@@ -91,11 +89,6 @@ class TuneReporter:
         self.final_device_seconds: float | None = None
         self.epochs_total: int | None = None
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
-
     def on_start(self, info: dict[str, Any]) -> None:
         import torch
 
@@ -105,24 +98,23 @@ class TuneReporter:
         self.epochs_total = int(config.get("training.epochs", 0)) or None
         self.logger.log_params(config)
         self.logger.set_tags({"dataset_fingerprint": info.get("dataset_fingerprint", ""),
-                              "device": info["device"], "run_dir": str(self.run_dir),
-                              "torch_threads": info.get("torch_threads", ""),
+                              "device": info["device"], RUN_DIR_TAG: str(self.run_dir),
+                              THREADS_TAG: info.get("torch_threads", ""),
                               "paper_protocol": str(bool(info.get("paper_protocol"))).lower()})
         self.logger.log_once({"trainable_params": info["trainable_params"],
                               "total_params": info["total_params"]}, step=0)
         resumed = int(info.get("resumed_from_epoch", 0))
-        for step, value in sorted(self.logger.history(self.metric).items()):
-            if step <= resumed and self._better(value):
-                self.best = value
+        self.best = best_so_far((value for step, value in self.logger.history(self.metric).items()
+                                 if step <= resumed), self.mode)
         if resumed == 0:
             self.logger.log_artifact(self.run_dir / "configs.yaml")
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         from iclf.engine.trainer import peak_memory_mb
 
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("test")}
+        metrics = without_test(metrics)
         value = metrics.get(self.metric)
-        if value is not None and math.isfinite(value) and self._better(value):
+        if value is not None and math.isfinite(value) and better(value, self.best, self.mode):
             self.best = value
         logged = dict(metrics)
         logged["peak_memory_mb"] = peak_memory_mb(self.device)
@@ -132,11 +124,9 @@ class TuneReporter:
         if self.epoch_hook is not None:
             self.epoch_hook(int(epoch), self.trial_id)
         report = dict(metrics)
-        report[TIME_ATTR] = int(epoch)
-        if self.best is not None:
-            report[OBJECTIVE] = self.best
-        else:  # no evaluation yet (eval_period > 1): the worst value, never NaN (Tune needs the key)
-            report[OBJECTIVE] = -math.inf if self.mode == "max" else math.inf
+        report[EPOCH] = int(epoch)
+        # no evaluation yet (eval_period > 1): the worst value, never NaN (Tune needs the key)
+        report[OBJECTIVE] = self.best if self.best is not None else worst(self.mode)
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     def on_result(self, result: Any) -> None:
@@ -165,12 +155,10 @@ def log_weights(logger, run_dir: Path) -> None:
 def completed_result(client, run, metric: str, mode: str) -> dict[str, Any]:
     """What a FINISHED child run's trial last reported to Tune: the last epoch's metrics (never test
     ones), ``epoch`` and ``objective`` (the best ``metric`` over its epochs)."""
-    report = {k: v for k, v in run.data.metrics.items() if not k.startswith("test")}
-    values = [m.value for m in client.get_metric_history(run.info.run_id, metric)
-              if math.isfinite(m.value)]
-    best = (max if mode == "max" else min)(values) if values else None
-    report[TIME_ATTR] = int(run.data.metrics.get(TIME_ATTR, 0))
-    report[OBJECTIVE] = best if best is not None else (-math.inf if mode == "max" else math.inf)
+    report = without_test(run.data.metrics)
+    best = best_so_far((m.value for m in client.get_metric_history(run.info.run_id, metric)), mode)
+    report[EPOCH] = int(run.data.metrics.get(EPOCH, 0))
+    report[OBJECTIVE] = best if best is not None else worst(mode)
     return report
 
 
@@ -199,7 +187,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     run_id, _ = open_trial_run(
         client, ctx.experiment_id, ctx.parent_run_id, trial_id,
         run_name=f"{key or 'base'} seed={seed}",
-        tags={**ctx.tags, "config_key": key, "seed": seed, "trial_name": tctx.get_trial_name(),
+        tags={**ctx.tags, CONFIG_KEY_TAG: key, SEED_TAG: seed, "trial_name": tctx.get_trial_name(),
               "node_id": ray.get_runtime_context().get_node_id()})
     logger = RunLogger(client, run_id)
     logger.set_tags({"node_id": ray.get_runtime_context().get_node_id()})
@@ -268,7 +256,7 @@ class CloseRuns(tune.Callback):
         from iclf.tracking.mlflow import close_run
 
         last = trial.last_result or {}
-        epochs = int(last.get(TIME_ATTR, 0))
+        epochs = int(last.get(EPOCH, 0))
         close_run(self.client, self._run_id(trial), "FINISHED",
                   {"stopped_early": str(epochs < self.max_epochs).lower(),
                    "epochs_done": epochs, "retries": trial.num_failures})
@@ -370,7 +358,7 @@ def _tuner_parts(spec: AblationSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if spec.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.max_epochs,
+        scheduler = ASHAScheduler(time_attr=EPOCH, max_t=spec.max_epochs,
                                   grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
     else:
@@ -446,8 +434,8 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
             "spec_file": str(spec.path.resolve()), "spec_sha256": spec.file_hash,
             "spec_resolved_sha256": spec.hash, "variant": spec.variant or "",
             "smoke": str(spec.smoke).lower(), "dataset_fingerprint": fingerprint,
-            "storage": str(sweep_dir), "search": spec.search.algorithm,
-            "scheduler": spec.scheduler.name, "metric": spec.metric, "mode": spec.mode,
+            STORAGE_TAG: str(sweep_dir), "search": spec.search.algorithm,
+            "scheduler": spec.scheduler.name, METRIC_TAG: spec.metric, MODE_TAG: spec.mode,
             "seeds": json.dumps(list(spec.seeds)), "trials_planned": spec.num_trials(),
             "ray_address": address or "local", **provenance})
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -462,7 +450,7 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(state_path)
     timings["mlflow_setup_s"] = time.perf_counter() - t0
-    child_tags = {"iclf.sweep": spec.sweep_name, "git_sha": client.get_run(parent_run_id).data.tags
+    child_tags = {SWEEP_TAG: spec.sweep_name, "git_sha": client.get_run(parent_run_id).data.tags
                   .get("git_sha", "unknown")}
     ctx = TrialContext(spec=spec, tracking_uri=uri, experiment_id=experiment_id,
                        parent_run_id=parent_run_id, sweep_dir=str(sweep_dir), tags=child_tags,
@@ -549,13 +537,13 @@ def evaluate_stopped_trials(client, experiment_id: str, parent_run_id: str,
 
     todo = [r for r in child_runs(client, experiment_id, parent_run_id)
             if r.info.status == "FINISHED" and "test/R1" not in r.data.metrics
-            and "run_dir" in r.data.tags]
+            and RUN_DIR_TAG in r.data.tags]
     if not todo:
         return 0
     task = ray.remote(_evaluate_and_log).options(num_cpus=resources["cpu"],
                                                  num_gpus=resources["gpu"], max_retries=1)
-    refs = [task.remote(r.data.tags["run_dir"], client.tracking_uri, r.info.run_id,
-                        int(r.data.metrics.get(TIME_ATTR, 0))) for r in todo]
+    refs = [task.remote(r.data.tags[RUN_DIR_TAG], client.tracking_uri, r.info.run_id,
+                        int(r.data.metrics.get(EPOCH, 0))) for r in todo]
     ray.get(refs)
     return len(refs)
 
@@ -587,7 +575,7 @@ def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: 
     if out.exists():
         shutil.rmtree(out)
     written = write_report(trials, curves, out, baseline=dict(spec.baseline) or None,
-                           metric=spec.metric)
+                           metric=spec.metric, mode=spec.mode)
     paths = [str(p) for p in written.values()]
     if out.is_dir():
         client.log_artifacts(parent_run_id, str(out), "report")
@@ -596,4 +584,4 @@ def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: 
 
 __all__ = ["TrialContext", "TuneReporter", "CloseRuns", "SweepOutcome", "SweepError", "run_trial",
            "run_sweep", "sweep_paths", "prepare_shared_inputs", "evaluate_stopped_trials",
-           "kill_unfinished_runs", "write_analysis", "OBJECTIVE", "TIME_ATTR", "EVAL_METRICS"]
+           "kill_unfinished_runs", "write_analysis"]

@@ -30,16 +30,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-ROLE_TAG = "iclf.role"            # "sweep" on parent runs, "trial" on child runs
-SWEEP_TAG = "iclf.sweep"          # the sweep name, on both
-TRIAL_TAG = "ray_trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-STEP_KEY = "epoch"                # the metric whose steps say which epochs a run already has
+from iclf.names import (
+    CONFIG_KEY_TAG, CURVE_METRICS, EPOCH, HEADLINE_METRICS, PARAM_PREFIX, PARENT_TAG, ROLE_TAG,
+    SEED_TAG, SWEEP_TAG, TRIAL_TAG, VAL_METRICS)
+
 MAX_BATCH = 100                   # MLflow accepts at most 100 params or tags per log_batch
 MAX_VALUE = 6000                  # longest param value MLflow stores
-EVAL_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
-CURVE_METRICS = ("val/R1", "val/mAP", "val/mINP")
-TRIAL_METRICS = tuple(f"val/{m}" for m in EVAL_METRICS) + ("test/R1", "test/mAP", "test/mINP")
 
 
 # ----------------------------------------------------------------------------- URIs and setup
@@ -210,7 +206,7 @@ class RunLogger:
         run = client.get_run(run_id)
         self.params = dict(run.data.params)
         self.metrics = dict(run.data.metrics)
-        self.epochs = {int(m.step) for m in client.get_metric_history(run_id, STEP_KEY)}
+        self.epochs = {int(m.step) for m in client.get_metric_history(run_id, EPOCH)}
 
     def history(self, key: str) -> dict[int, float]:
         """``{step: value}`` of one metric of this run."""
@@ -248,8 +244,8 @@ class RunLogger:
         that the epoch is complete) unless the run has it already; returns whether it logged."""
         if epoch in self.epochs:
             return False
-        metrics = self._metrics({k: v for k, v in values.items() if k != STEP_KEY}, epoch)
-        metrics.append(Metric(STEP_KEY, float(epoch), int(time.time() * 1000), int(epoch)))
+        metrics = self._metrics({k: v for k, v in values.items() if k != EPOCH}, epoch)
+        metrics.append(Metric(EPOCH, float(epoch), int(time.time() * 1000), int(epoch)))
         self.client.log_batch(self.run_id, metrics=metrics)
         self.epochs.add(epoch)
         self.metrics.update({m.key: m.value for m in metrics})
@@ -321,23 +317,23 @@ def load_sweep_frames(tracking_uri: str, parent_run_id: str | None = None, *,
     for run in child_runs(client, exp_id, parent.info.run_id):
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         run_id = run.info.run_id
-        key = tags.get("config_key", "")
+        key = tags.get(CONFIG_KEY_TAG, "")
         hist = {m: {int(x.step): float(x.value) for x in client.get_metric_history(run_id, m)}
-                for m in (f"val/{n}" for n in EVAL_METRICS)}
+                for m in VAL_METRICS}
         best_epoch = int(metrics.get("best_epoch", 0)) or None
         row: dict[str, Any] = {"run_id": run_id, "config_key": key}
-        row.update({k: _param_value(v) for k, v in params.items() if k.startswith("param.")})
-        row["seed"] = int(tags["seed"]) if "seed" in tags else None
+        row.update({k: _param_value(v) for k, v in params.items() if k.startswith(PARAM_PREFIX)})
+        row["seed"] = int(tags[SEED_TAG]) if SEED_TAG in tags else None
         row["status"] = run.info.status
         for m, h in hist.items():
             row[m] = h.get(best_epoch, math.nan) if best_epoch is not None else math.nan
-        for m in ("test/R1", "test/mAP", "test/mINP"):
+        for m in (f"test/{n}" for n in HEADLINE_METRICS):
             row[m] = metrics.get(m, math.nan)
         row["trainable_params"] = int(metrics["trainable_params"]) if "trainable_params" in metrics \
             else None
         row["device_seconds"] = metrics.get("device_seconds", math.nan)
         row["stopped_early"] = tags.get("stopped_early") == "true"
-        row["epochs"] = int(metrics.get(STEP_KEY, 0))
+        row["epochs"] = int(metrics.get(EPOCH, 0))
         rows.append(row)
         for epoch in sorted(hist["val/R1"]):
             curve_rows.append({"run_id": run_id, "config_key": key, "epoch": epoch,
@@ -371,7 +367,7 @@ class SweepRuns:
     parent_run_id: str
 
 
-__all__ = ["ROLE_TAG", "SWEEP_TAG", "TRIAL_TAG", "PARENT_TAG", "RunLogger", "SweepRuns",
+__all__ = ["RunLogger", "SweepRuns",
            "resolve_tracking_uri", "connect", "ensure_experiment", "default_artifact_location",
            "git_state", "package_versions", "create_sweep_run", "reopen_run", "find_trial_run",
            "open_trial_run", "close_run", "child_runs", "find_sweep_run", "load_sweep_frames",

@@ -98,6 +98,30 @@ def test_reproduce_is_exact_on_cpu_and_detects_a_planted_difference(sweep, capsy
     assert re.search(r"test/R1 .* -3\.0000", out)
 
 
+def test_best_honours_mode_min(tmp_path, capsys):
+    """With `mode: min` every command names the configuration with the LOWEST mean: the sweep's
+    own printout, `iclf best` and the trial `iclf reproduce` would re-run (its lowest seed)."""
+    # val/mAP: on the tiny sweep the two configurations can tie on val/R1
+    spec = run_rank_sweep(tmp_path, "low", extra="metric: val/mAP\nmode: min\n")
+    swept = capsys.readouterr().out
+    assert main(["best", str(spec), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    client = _client(tmp_path)
+    kids = [r for r in client.search_runs([client.get_experiment_by_name("low").experiment_id])
+            if r.data.tags.get("iclf.role") == "trial"]
+    by_key: dict[str, list[tuple[float, str]]] = {}
+    for r in kids:
+        hist = {m.step: m.value for m in client.get_metric_history(r.info.run_id, "val/mAP")}
+        value = hist[int(r.data.metrics["best_epoch"])]
+        by_key.setdefault(r.data.tags["config_key"], []).append((value, r.info.run_id))
+    means = {k: sum(v for v, _ in rows) / len(rows) for k, rows in by_key.items()}
+    assert len(set(means.values())) == 2, f"the two configurations tie: {means}"
+    lowest = min(means, key=means.get)
+    assert facts["config_key"] == lowest
+    assert facts["trial_run_id"] == min(by_key[lowest])[1]
+    assert f"best        : {lowest}:" in swept
+
+
 def test_errors_are_one_line_exit_2(sweep, capsys, tmp_path):
     tmp, _ = sweep
     assert main(["summary", "nosuch", "--tracking-uri", str(tmp / "mlflow.db")]) == 2

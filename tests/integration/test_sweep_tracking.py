@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("mlflow")
 
+from iclf.names import PARENT_TAG  # noqa: E402
 from iclf.tracking.mlflow import (  # noqa: E402
-    PARENT_TAG,
     RunLogger,
     child_runs,
     close_run,

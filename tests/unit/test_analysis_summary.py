@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from iclf.analysis import stats
-from iclf.analysis.summary import resolve_baseline, summarize, summarize_sweep
+from iclf.analysis.summary import best, resolve_baseline, summarize, summarize_sweep
 from iclf.analysis.synthetic import synthetic_sweep
 
 METRICS = ["val/R1", "test/R1"]
@@ -105,7 +105,7 @@ def test_device_hours_count_every_run(trials):
     assert _row(summary.table, "lora.rank=0")["device_hours"] == pytest.approx(4.0)
     assert summary.total_device_hours == pytest.approx(len(trials))
     assert summary.baseline_key == "lora.rank=0"
-    assert summary.primary == "val/R1" and summary.best_key == "lora.rank=32"
+    assert summary.primary == "val/R1" and best(summary, "max") == "lora.rank=32"
     assert (summary.n_trials, summary.n_finished) == (len(trials), len(trials) - 2)
     assert summary.params == ("param.lora.rank",)
 
@@ -155,3 +155,13 @@ def test_default_metrics_are_those_present():
         assert f"{m} mean" in table.columns
     assert "val/R5 mean" not in table.columns
     assert "is_baseline" not in table.columns  # no baseline, no comparison
+
+
+def test_best_follows_the_mode():
+    trials, _ = synthetic_sweep({"lora.rank": [0, 4, 32]}, seeds=(0, 1, 2))
+    summary = summarize_sweep(trials, primary="val/R1", mode="min")
+    means = summary.table.set_index("config_key")["val/R1 mean"]
+    assert best(summary, "min") == means.idxmin() and best(summary, "max") == means.idxmax()
+    assert best(summary, "min") != best(summary, "max")
+    with pytest.raises(ValueError, match="max or min"):
+        best(summary, "lowest")
