@@ -26,7 +26,23 @@ DATASET_NAMES = ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid")
 
 
 class ConfigError(ValueError):
-    """A configuration problem, naming the key and (when known) the file."""
+    """A configuration problem: ``message`` about ``key`` (a dotted key, or None) in ``source`` (a
+    file or another label, or None). ``str(exc)`` is ``"<source>: <key>: <message>"``."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.message = message
+        self.key = key
+        self.source = source
+        super().__init__(": ".join(str(p) for p in (source, key, message) if p))
+
+    @property
+    def detail(self) -> str:
+        """``"<key>: <message>"``: the error without its source."""
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+    def within(self, source: str | Path) -> ConfigError:
+        """The same error, attributed to ``source`` (which replaces any earlier one)."""
+        return ConfigError(self.message, key=self.key, source=str(source))
 
 
 # --------------------------------------------------------------------------------------- schema
@@ -213,7 +229,7 @@ class ExperimentConfig:
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}: {msg}")
+        raise ConfigError(msg, key=key)
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -295,71 +311,102 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
+_WHAT = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _expected(tp: Any) -> str:
+    """``tp`` in words, for "expected ..." messages."""
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) in (dict, Mapping):
+        return "a mapping"
+    if typing.get_origin(tp) in (list, tuple):
+        return "a list"
+    return _WHAT.get(tp, _type_name(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, or raise ConfigError naming ``key``.
+
+    Handles dataclasses (strict keys), ``X | None``, unions, ``Literal``, ``list``, ``tuple``,
+    ``dict[str, ...]``, ``bool``, ``int``, ``float`` (a YAML string such as ``1e-6``, which PyYAML
+    does not read as a number, is accepted) and ``str``; ``Any`` passes through.
+    """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None:
             if type(None) in args:
                 return None
-            raise ConfigError(f"{key}: must not be null")
+            raise ConfigError("must not be null", key=key)
         non_none = [a for a in args if a is not type(None)]
         errors = []
         for a in non_none:
             try:
-                return _coerce(value, a, key)
+                return coerce(value, a, key)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
+                errors.append(exc)
+        if len(non_none) == 1:
+            raise errors[0]
+        alternatives = " or ".join(_expected(a) for a in non_none)
+        raise ConfigError(f"expected {alternatives}, got {value!r}", key=key)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{value!r} is not one of {', '.join(map(repr, args))}", key=key)
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
+            raise ConfigError(f"expected a mapping, got {type(value).__name__}", key=key)
+        return build(tp, value, key)
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"expected a mapping, got {type(value).__name__} {value!r}", key=key)
+        return {str(k): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"expected a list, got {type(value).__name__} {value!r}", key=key)
         if origin is tuple:
             if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+                raise ConfigError(f"expected {len(args)} values, got {len(value)}", key=key)
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+            raise ConfigError(f"expected true/false, got {value!r}", key=key)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"expected an integer, got {value!r}", key=key)
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
             return float(value)  # PyYAML reads 1e-5 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"expected a number, got {value!r}", key=key)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"expected a string, got {value!r}", key=key)
         return value
-    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+    raise ConfigError(f"unsupported type {_type_name(tp)}", key=key)  # pragma: no cover
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a YAML mapping: unknown keys are errors, every value is
+    converted to its field's annotated type (:func:`coerce`), absent keys take their defaults.
+    Errors name the key, with ``prefix`` (the section's own key) in front."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{where}: unknown key (known keys here: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown key (known keys here: {', '.join(sorted(names))})", key=where)
     kwargs = {}
     for name in (f.name for f in dataclasses.fields(cls) if f.name in data):
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(data[name], hints[name], key)
+        kwargs[name] = coerce(data[name], hints[name], key)
     return cls(**kwargs)
 
 
@@ -397,7 +444,7 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(nxt, dict):
             nxt = {} if nxt is None else nxt
             if not isinstance(nxt, dict):
-                raise ConfigError(f"{key}: {p} is not a section")
+                raise ConfigError(f"{p} is not a section", key=key)
             cur[p] = nxt
         cur = nxt
     cur[parts[-1]] = value
@@ -430,31 +477,40 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, following ``base:`` (a path relative to the file) recursively."""
+def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The YAML mapping in ``path`` (an empty file is an empty mapping); ConfigError naming the file
+    when it is missing, not YAML or not a mapping. Every YAML file the project reads goes through it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(f"no such {what}", source=str(path))
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"not valid YAML ({exc})", source=str(path)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError("the top level must be a mapping", source=str(path))
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment mapping, following ``base:`` (a path relative to the file) recursively."""
+    path = Path(path)
+    data = read_mapping(path)
     base = data.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
-            raise ConfigError(f"{path}: base: expected a file name")
+            raise ConfigError("expected a file name", key="base", source=str(path))
         data = deep_merge(read_yaml(path.parent / base), data)
     return data
 
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    """A validated :class:`ExperimentConfig` from experiment data; errors carry ``source``."""
     try:
-        cfg = _build(ExperimentConfig, data)
+        cfg = build(ExperimentConfig, data)
         validate(cfg)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise exc.within(source) from None
     return cfg
 
 

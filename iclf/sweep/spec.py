@@ -60,22 +60,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-import yaml
-
-from iclf.names import PARAM_PREFIX, VAL_METRICS
 from iclf.config import (
     ConfigError,
     ExperimentConfig,
+    coerce,
     config_from_dict,
     parse_overrides,
+    read_mapping,
     read_yaml,
     set_dotted,
 )
+from iclf.names import PARAM_PREFIX, VAL_METRICS
 
 PARAM_KINDS = ("grid", "choice", "uniform", "loguniform", "int")
 OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le", "in", "not_in")
-ALGORITHMS = ("grid", "random", "tpe")
-SCHEDULERS = ("fifo", "asha")
 # Experiment keys that hold paths: made absolute on the driver (Tune changes a trial's cwd).
 PATH_KEYS = ("output_dir", "data.root", "model.pretrained")
 
@@ -192,24 +190,6 @@ class Param:
             return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         return rng.uniform(self.low, self.high)
 
-    def suggest(self, trial: Any, name: str) -> Any:
-        """One value from an Optuna trial (define-by-run; keyword arguments, as Optuna 5 requires)."""
-        if self.kind in ("grid", "choice"):
-            labels = [_label(v) for v in self.values]
-            picked = trial.suggest_categorical(name, labels)
-            return copy.deepcopy(self.values[labels.index(picked)])
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high),
-                                   log=self.kind == "loguniform")
-
-
-def _label(value: Any) -> Any:
-    """A categorical value Optuna can store: scalars as they are, anything else as canonical JSON."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return json.dumps(value, sort_keys=True)
-
 
 @dataclass(frozen=True)
 class Rule:
@@ -246,7 +226,7 @@ class ResourcesConfig:
     """Per-trial resources; ``gpu: auto`` = 1 when the cluster has GPUs, else 0."""
 
     cpu: float = 1.0
-    gpu: float | Literal["auto"] = "auto"
+    gpu: Literal["auto"] | float = "auto"
 
 
 @dataclass(frozen=True)
@@ -326,40 +306,6 @@ class AblationSpec:
             out += _expand(self.space, lambda p: list(p.values) if p.kind == "grid" else [draw[p.key]])
         return _unique(out)
 
-    def define_by_run(self, prefix: str = "params/"):
-        """An Optuna define-by-run space: suggests each active parameter in order."""
-        space = self.space
-        constant = {"seed": self.seeds[0]} if len(self.seeds) == 1 else None
-
-        def define(trial: Any) -> dict[str, Any] | None:
-            chosen: dict[str, Any] = {}
-            for p in space:
-                if p.active(chosen):
-                    chosen[p.key] = p.suggest(trial, prefix + p.key)
-            return dict(constant) if constant else None
-
-        return define
-
-    def params_from_trial_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameter values of a Tune trial config, in space order, labels mapped back to values."""
-        raw = dict(config.get("params") or {})
-        out: dict[str, Any] = {}
-        for p in self.space:
-            if p.key in raw:
-                value = raw[p.key]
-                if p.kind in ("grid", "choice") and not any(_same(value, v) for v in p.values):
-                    labels = [_label(v) for v in p.values]
-                    if value in labels:
-                        value = copy.deepcopy(p.values[labels.index(value)])
-                out[p.key] = value
-        return out
-
-    def seed_from_trial_config(self, config: Mapping[str, Any]) -> int:
-        """A trial's seed: given directly, or the ``__trial_index__`` of Ray's Repeater into ``seeds``."""
-        if "seed" in config:
-            return int(config["seed"])
-        return int(self.seeds[int(config.get("__trial_index__", 0)) % len(self.seeds)])
-
     def trial_dict(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         """The experiment data of one trial: base + overrides, parameters, ``when`` rules, seed."""
         data = copy.deepcopy(dict(self.experiment))
@@ -438,39 +384,49 @@ _NOT_OVERRIDABLE = ("smoke", "variants", "variant")
 
 
 class _Where:
-    """Builds ConfigErrors of the form ``<file>: <key>: <message>``."""
+    """Builds ConfigErrors about one spec file: ``<file>: <key>: <message>``."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def fail(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key}: {msg}")
+        return ConfigError(msg, key=key, source=str(self.path))
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    def typed(self, value: Any, tp: Any, key: str) -> Any:
+        """``value`` converted to ``tp`` by the config's typed loader; errors name this file."""
+        try:
+            return coerce(value, tp, key)
+        except ConfigError as exc:
+            raise exc.within(self.path) from None
 
 
 def _mapping(where: _Where, key: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise where.fail(key, f"expected a mapping, got {type(value).__name__} {value!r}")
-    return dict(value)
+    """A mapping section of the raw spec (null = empty)."""
+    return {} if value is None else where.typed(value, dict[str, Any], key)
 
 
-def _section(where: _Where, key: str, value: Any, cls: type) -> Any:
-    """A small frozen dataclass section with strict keys and types."""
-    data = _mapping(where, key, value)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for k in data:
-        if k not in names:
-            raise where.fail(f"{key}.{k}", f"unknown key (known keys here: {', '.join(names)})")
-    return cls(**data)
+@dataclass
+class _SpecFile:
+    """The top level of an ablation spec once its variant, smoke block and command line are applied:
+    the types every key must have (the module docstring shows the layout)."""
+
+    name: str | None = None
+    base: str | None = None
+    overrides: dict[str, Any] | None = None
+    space: dict[str, Any] | None = None
+    when: list[Any] | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    num_samples: int = 1
+    seeds: list[int] = field(default_factory=lambda: [0])
+    metric: str = "val/R1"
+    mode: Literal["max", "min"] = "max"
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_concurrent_trials: int | None = None
+    max_failures: int = 1
+    storage_path: str = "runs/ray"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    baseline: dict[str, Any] | None = None
 
 
 def _parse_conditions(where: _Where, key: str, value: Any) -> tuple[Condition, ...]:
@@ -488,8 +444,8 @@ def _parse_conditions(where: _Where, key: str, value: Any) -> tuple[Condition, .
             for op, target in v.items():
                 if op in ("in", "not_in") and not isinstance(target, list):
                     raise where.fail(f"{key}.{k}.{op}", f"expected a list, got {target!r}")
-                if op in ("gt", "ge", "lt", "le") and not _is_num(target):
-                    raise where.fail(f"{key}.{k}.{op}", f"expected a number, got {target!r}")
+                if op in ("gt", "ge", "lt", "le"):
+                    target = where.typed(target, float, f"{key}.{k}.{op}")
                 out.append(Condition(str(k), op, target))
         else:
             out.append(Condition(str(k), "eq", v))
@@ -521,13 +477,12 @@ def _parse_param(where: _Where, key: str, value: Any) -> Param:
         if len(set(labels)) != len(labels):
             raise where.fail(f"{k}.{kind}", f"values repeat: {spec!r}")
         return Param(key, kind, values=tuple(spec), conditions=conditions)
-    if not isinstance(spec, list) or len(spec) != 2 or not all(_is_num(x) for x in spec):
+    if not isinstance(spec, list) or len(spec) != 2:
         raise where.fail(f"{k}.{kind}", f"expected [low, high], got {spec!r}")
-    low, high = spec
+    bound = int if kind == "int" else float
+    low, high = (where.typed(x, bound, f"{k}.{kind}[{i}]") for i, x in enumerate(spec))
     if not low < high:
         raise where.fail(f"{k}.{kind}", f"low must be < high, got {spec!r}")
-    if kind == "int" and not (_is_int(low) and _is_int(high)):
-        raise where.fail(f"{k}.int", f"expected integer bounds, got {spec!r}")
     if kind == "loguniform" and log:
         raise where.fail(f"{k}.log", "loguniform is already logarithmic")
     if kind == "uniform" and log:
@@ -621,14 +576,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     """
     path = Path(path)
     where = _Where(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such ablation spec")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    raw = read_mapping(path, "ablation spec")
     for key in raw:
         if key not in SPEC_KEYS:
             raise where.fail(str(key), f"unknown key (known keys: {', '.join(SPEC_KEYS)})")
@@ -655,76 +603,60 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     if cli:
         raw = _apply_spec_overrides(where, raw, cli, "command line")
     resolved = copy.deepcopy(raw)
+    top = where.typed(raw, _SpecFile, "")
 
-    name = raw.get("name")
-    if not isinstance(name, str) or not name or "/" in name or name != name.strip():
+    name = top.name
+    if not name or "/" in name or name != name.strip():
         raise where.fail("name", f"expected a name without '/', got {name!r}")
-    base_name = raw.get("base")
-    if not isinstance(base_name, str):
+    if top.base is None:
         raise where.fail("base", "expected the experiment file, relative to the spec "
                                  "(e.g. ../experiments/iclf_cuhk.yaml)")
-    base = (path.parent / base_name).resolve()
+    base = (path.parent / top.base).resolve()
     if not base.is_file():
         raise where.fail("base", f"no such experiment file {base}")
     try:
         experiment = read_yaml(base)
     except ConfigError as exc:
         raise where.fail("base", str(exc)) from None
-    over = _mapping(where, "overrides", raw.get("overrides"))
-    for key, value in over.items():
+    for key, value in (top.overrides or {}).items():
         try:
             set_dotted(experiment, key, copy.deepcopy(value))
         except ConfigError as exc:
-            raise where.fail(f"overrides.{key}", str(exc)) from None
+            raise where.fail(f"overrides.{key}", exc.message) from None
     _absolute_paths(experiment)
     applied = "base + overrides" + (" + smoke" if smoke else "") + (" + command line" if cli else "")
     _build_experiment(where, f"experiment ({applied})", experiment)
 
-    space_raw = _mapping(where, "space", raw.get("space"))
-    if not space_raw:
+    if not top.space:
         raise where.fail("space", "expected at least one parameter")
-    space = tuple(_parse_param(where, str(k), v) for k, v in space_raw.items())
-    search = _section(where, "search", raw.get("search"), SearchConfig)
-    scheduler = _section(where, "scheduler", raw.get("scheduler"), SchedulerConfig)
-    resources = _section(where, "resources", raw.get("resources"), ResourcesConfig)
-    tracking = _section(where, "tracking", raw.get("tracking"), TrackingConfig)
-    rules = _parse_rules(where, raw.get("when"))
-
+    space = tuple(_parse_param(where, str(k), v) for k, v in top.space.items())
     spec = AblationSpec(
-        path=path, name=name, base=base, experiment=experiment, space=space, rules=rules,
-        search=search, scheduler=scheduler, num_samples=raw.get("num_samples", 1),
-        seeds=raw.get("seeds", [0]), metric=raw.get("metric", "val/R1"), mode=raw.get("mode", "max"),
-        resources=resources, max_concurrent_trials=raw.get("max_concurrent_trials"),
-        max_failures=raw.get("max_failures", 1), storage_path=raw.get("storage_path", "runs/ray"),
-        tracking=tracking, baseline=_mapping(where, "baseline", raw.get("baseline")),
-        variant=variant, smoke=smoke, resolved=resolved)
+        path=path, name=name, base=base, experiment=experiment, space=space,
+        rules=_parse_rules(where, top.when), search=top.search, scheduler=top.scheduler,
+        num_samples=top.num_samples, seeds=tuple(top.seeds), metric=top.metric, mode=top.mode,
+        resources=top.resources, max_concurrent_trials=top.max_concurrent_trials,
+        max_failures=top.max_failures, storage_path=top.storage_path, tracking=top.tracking,
+        baseline=dict(top.baseline or {}), variant=variant, smoke=smoke, resolved=resolved)
     _validate(where, spec)
-    return dataclasses.replace(spec, seeds=tuple(spec.seeds))
+    return spec
 
 
 def _build_experiment(where: _Where, key: str, data: Mapping[str, Any]) -> ExperimentConfig:
     try:
         return config_from_dict(data, "experiment")
     except ConfigError as exc:
-        msg = str(exc).removeprefix("experiment: ")
-        raise where.fail(key, msg) from None
+        raise where.fail(key, exc.detail) from None
 
 
 # --------------------------------------------------------------------------------- validation
 
 
 def _validate(where: _Where, spec: AblationSpec) -> None:
-    s = spec.search
-    if s.algorithm not in ALGORITHMS:
-        raise where.fail("search.algorithm", f"{s.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    if not _is_int(s.seed):
-        raise where.fail("search.seed", f"expected an integer, got {s.seed!r}")
+    """Ranges and cross-key rules (the typed loader has checked every type)."""
     sc = spec.scheduler
-    if sc.name not in SCHEDULERS:
-        raise where.fail("scheduler.name", f"{sc.name!r} is not one of {', '.join(SCHEDULERS)}")
-    if not _is_int(sc.grace_period) or sc.grace_period < 1:
+    if sc.grace_period < 1:
         raise where.fail("scheduler.grace_period", f"expected an integer >= 1, got {sc.grace_period!r}")
-    if not _is_num(sc.reduction_factor) or sc.reduction_factor <= 1:
+    if sc.reduction_factor <= 1:
         raise where.fail("scheduler.reduction_factor", f"expected a number > 1, got "
                                                        f"{sc.reduction_factor!r}")
     if sc.name == "fifo" and (sc.grace_period != 1 or sc.reduction_factor != 2.0):
@@ -736,44 +668,39 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
     if sc.name == "asha" and sc.grace_period > spec.max_epochs:
         raise where.fail("scheduler.grace_period", f"{sc.grace_period} is more than the "
                                                    f"{spec.max_epochs} training epochs")
-    if not _is_int(spec.num_samples) or spec.num_samples < 1:
+    if spec.num_samples < 1:
         raise where.fail("num_samples", f"expected an integer >= 1, got {spec.num_samples!r}")
-    if s.algorithm == "grid" and spec.num_samples != 1:
+    if spec.search.algorithm == "grid" and spec.num_samples != 1:
         raise where.fail("num_samples", "with search.algorithm grid the grid defines the trials; "
                                         "use seeds: for repeats")
     seeds = spec.seeds
-    if not isinstance(seeds, (list, tuple)) or not seeds or not all(_is_int(x) for x in seeds):
-        raise where.fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    if not seeds:
+        raise where.fail("seeds", f"expected a non-empty list of integers, got {list(seeds)!r}")
     if len(set(seeds)) != len(seeds):
         raise where.fail("seeds", f"seeds repeat: {list(seeds)}")
-    if s.algorithm == "tpe" and len(seeds) > 1 and sc.name != "fifo":
+    if spec.search.algorithm == "tpe" and len(seeds) > 1 and sc.name != "fifo":
         raise where.fail("seeds", "tpe with several seeds repeats each suggestion once per seed "
                                   "(Ray's Repeater), which cannot run under an early-stopping "
                                   "scheduler: use one seed with asha, or scheduler fifo")
-    valid = list(VAL_METRICS)
-    if not isinstance(spec.metric, str) or spec.metric not in valid:
-        hint = " (test metrics are never shown to the search)" if str(spec.metric).startswith(
+    if spec.metric not in VAL_METRICS:
+        hint = " (test metrics are never shown to the search)" if spec.metric.startswith(
             "test/") else ""
         raise where.fail("metric", f"{spec.metric!r} is not a validation metric{hint}; "
-                                   f"one of {', '.join(valid)}")
-    if spec.mode not in ("max", "min"):
-        raise where.fail("mode", f"expected max or min, got {spec.mode!r}")
+                                   f"one of {', '.join(VAL_METRICS)}")
     r = spec.resources
-    if not _is_num(r.cpu) or r.cpu <= 0:
+    if r.cpu <= 0:
         raise where.fail("resources.cpu", f"expected a number > 0, got {r.cpu!r}")
-    if r.gpu != "auto" and (not _is_num(r.gpu) or r.gpu < 0):
+    if r.gpu != "auto" and r.gpu < 0:
         raise where.fail("resources.gpu", f"expected 'auto' or a number >= 0, got {r.gpu!r}")
     m = spec.max_concurrent_trials
-    if m is not None and (not _is_int(m) or m < 1):
+    if m is not None and m < 1:
         raise where.fail("max_concurrent_trials", f"expected an integer >= 1 or null, got {m!r}")
-    if not _is_int(spec.max_failures) or spec.max_failures < 0:
+    if spec.max_failures < 0:
         raise where.fail("max_failures", f"expected an integer >= 0, got {spec.max_failures!r}")
-    if not isinstance(spec.storage_path, str) or not spec.storage_path:
+    if not spec.storage_path:
         raise where.fail("storage_path", f"expected a path, got {spec.storage_path!r}")
     t = spec.tracking
-    if t.uri is not None and not isinstance(t.uri, str):
-        raise where.fail("tracking.uri", f"expected a URI or null, got {t.uri!r}")
-    if t.experiment is not None and (not isinstance(t.experiment, str) or not t.experiment):
+    if t.experiment is not None and not t.experiment:
         raise where.fail("tracking.experiment", f"expected a name or null, got {t.experiment!r}")
     _validate_space(where, spec)
 
@@ -793,9 +720,8 @@ def _validate_space(where: _Where, spec: AblationSpec) -> None:
             try:
                 config_from_dict(data, "experiment")
             except ConfigError as exc:
-                msg = str(exc).removeprefix("experiment: ")
-                if msg.startswith(f"{key}: ") or msg.startswith(f"{key}["):
-                    raise where.fail(f"when[{i}].set.{key}", msg.split(": ", 1)[1]) from None
+                if exc.key == key or (exc.key or "").startswith(f"{key}["):
+                    raise where.fail(f"when[{i}].set.{key}", exc.message) from None
     earlier: dict[str, Param] = {}
     for p in spec.space:
         k = f"space.{p.key}"
@@ -872,8 +798,7 @@ def _check_trial(where: _Where, spec: AblationSpec, key: str, params: Mapping[st
     try:
         config_from_dict(data, "experiment")
     except ConfigError as exc:
-        msg = str(exc).removeprefix("experiment: ")
-        raise where.fail(key, f"with {what}: {msg}") from None
+        raise where.fail(key, f"with {what}: {exc.detail}") from None
 
 
 def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:

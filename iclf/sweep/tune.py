@@ -25,6 +25,7 @@ Tune, so neither the searcher nor the scheduler can see them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -41,7 +42,7 @@ from ray import tune
 from iclf.names import (
     CONFIG_KEY_TAG, DEFAULT_DB, EPOCH, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG,
     STATE_FILE, STORAGE_TAG, SWEEP_TAG, THREADS_TAG, best_so_far, better, without_test, worst)
-from iclf.sweep.spec import AblationSpec, config_key, flat_params
+from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 
 MAX_ARTIFACT_MB = 512.0   # weights above this size stay on disk (path tagged) instead of in MLflow
 
@@ -63,6 +64,67 @@ class TrialContext:
     # Called as ``epoch_hook(epoch, trial_id)`` after an epoch is logged to MLflow and before it is
     # reported to Tune (fault-injection tests; custom instrumentation). Must be picklable.
     epoch_hook: Callable[[int, str], None] | None = None
+
+
+# ---------------------------------------------------------------------- the space as Tune sees it
+
+PARAMS = "params"  # a trial config's parameters live under config["params"]; the seed under "seed"
+
+
+def _label(value: Any) -> Any:
+    """A categorical value Optuna can store: scalars as they are, anything else as canonical JSON."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _suggest(param: Param, trial: Any, name: str) -> Any:
+    """One value of ``param`` from an Optuna trial (keyword arguments, as Optuna 5 requires)."""
+    if param.kind in ("grid", "choice"):
+        labels = [_label(v) for v in param.values]
+        picked = trial.suggest_categorical(name, labels)
+        return copy.deepcopy(param.values[labels.index(picked)])
+    if param.kind == "int":
+        return trial.suggest_int(name, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(name, float(param.low), float(param.high),
+                               log=param.kind == "loguniform")
+
+
+def define_by_run(spec: AblationSpec):
+    """The spec's space as an Optuna define-by-run function: each active parameter suggested in
+    order, named as Tune flattens it (``params/<key>``); with one seed it also returns the seed."""
+    constant = {"seed": spec.seeds[0]} if len(spec.seeds) == 1 else None
+
+    def define(trial: Any) -> dict[str, Any] | None:
+        chosen: dict[str, Any] = {}
+        for p in spec.space:
+            if p.active(chosen):
+                chosen[p.key] = _suggest(p, trial, f"{PARAMS}/{p.key}")
+        return dict(constant) if constant else None
+
+    return define
+
+
+def trial_params(spec: AblationSpec, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameter values of a Tune trial config, in space order, Optuna labels mapped back."""
+    raw = dict(config.get(PARAMS) or {})
+    out: dict[str, Any] = {}
+    for p in spec.space:
+        if p.key in raw:
+            value = raw[p.key]
+            if p.kind in ("grid", "choice") and not p.contains(value):
+                labels = [_label(v) for v in p.values]
+                if value in labels:
+                    value = copy.deepcopy(p.values[labels.index(value)])
+            out[p.key] = value
+    return out
+
+
+def trial_seed(spec: AblationSpec, config: Mapping[str, Any]) -> int:
+    """A trial's seed: given directly, or Ray's Repeater's ``__trial_index__`` into the seeds."""
+    if "seed" in config:
+        return int(config["seed"])
+    return int(spec.seeds[int(config.get("__trial_index__", 0)) % len(spec.seeds)])
 
 
 # ------------------------------------------------------------------------------------ trial side
@@ -172,8 +234,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     spec = ctx.spec
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
-    params = spec.params_from_trial_config(config)
-    seed = spec.seed_from_trial_config(config)
+    params = trial_params(spec, config)
+    seed = trial_seed(spec, config)
     runs_dir = Path(ctx.sweep_dir) / "runs"
     cfg = spec.trial_config(params, seed, name=trial_id, output_dir=str(runs_dir))
     key = config_key(params)
@@ -367,7 +429,7 @@ def _tuner_parts(spec: AblationSpec):
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 
-        search = OptunaSearch(space=spec.define_by_run(), seed=spec.search.seed,
+        search = OptunaSearch(space=define_by_run(spec), seed=spec.search.seed,
                               study_name=spec.sweep_name)
         if len(spec.seeds) > 1:
             search = Repeater(search, repeat=len(spec.seeds), set_index=True)
@@ -377,7 +439,7 @@ def _tuner_parts(spec: AblationSpec):
         params = {p.key: tune.grid_search(p.all_values()) for p in spec.space}
     else:  # conditional grids and random draws: the configurations, listed
         params = tune.grid_search(spec.configurations())
-    space = {"params": params, "seed": tune.grid_search(list(spec.seeds))}
+    space = {PARAMS: params, "seed": tune.grid_search(list(spec.seeds))}
     return space, None, scheduler, 1
 
 

@@ -164,6 +164,8 @@ def test_random_search_is_seeded(tmp_path):
 
 def test_tpe_define_by_run_respects_conditions(tmp_path):
     optuna = pytest.importorskip("optuna")
+    pytest.importorskip("ray")
+    from iclf.sweep.tune import define_by_run, trial_params, trial_seed
     text = """\
 name: t
 base: ../experiments/base.yaml
@@ -179,14 +181,14 @@ seeds: [0, 1]
 """
     spec = load_spec(write_spec(tmp_path, text))
     assert spec.num_trials() == 16
-    define = spec.define_by_run()
+    define = define_by_run(spec)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen_ranks = set()
     for _ in range(12):
         trial = study.ask()
         assert define(trial) is None  # several seeds: the seed comes from Ray's Repeater
         raw = {k.removeprefix("params/"): v for k, v in trial.params.items()}
-        params = spec.params_from_trial_config({"params": raw})
+        params = trial_params(spec, {"params": raw})
         seen_ranks.add(params["lora.rank"])
         assert ("lora.alpha" in params) == (params["lora.rank"] > 0)
         assert isinstance(params["losses.weights"], dict)
@@ -194,10 +196,10 @@ seeds: [0, 1]
         spec.trial_config(params, 0)
         study.tell(trial, 0.0)
     assert seen_ranks == {0, 8}
-    assert spec.seed_from_trial_config({"__trial_index__": 1}) == 1
+    assert trial_seed(spec, {"__trial_index__": 1}) == 1
     single = load_spec(spec.path, ["seeds=[9]"])
-    assert single.define_by_run()(optuna.create_study().ask()) == {"seed": 9}
-    assert single.seed_from_trial_config({"seed": 9}) == 9
+    assert define_by_run(single)(optuna.create_study().ask()) == {"seed": 9}
+    assert trial_seed(single, {"seed": 9}) == 9
 
 
 def test_variants(tmp_path):
@@ -255,7 +257,7 @@ BAD = [
     ("seeds: [3, 4]", "seeds: [3]\nscheduler: {name: asha, grace_period: 9}",
      r"spec.yaml: scheduler.grace_period: 9 is more than the 6 training epochs"),
     ("seeds: [3, 4]", "seeds: [3]\nscheduler: {name: hyperband}",
-     r"spec.yaml: scheduler.name: 'hyperband' is not one of fifo, asha"),
+     r"spec.yaml: scheduler.name: 'hyperband' is not one of 'fifo', 'asha'"),
     ("seeds: [3, 4]", "seeds: [3]\nscheduler: {name: asha, reduction_factor: 1}",
      r"scheduler.reduction_factor: expected a number > 1"),
     ("seeds: [3, 4]", "seeds: [3]\nscheduler: {name: fifo, grace_period: 3}",
