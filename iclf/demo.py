@@ -51,6 +51,7 @@ def _rel(path: Path) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from iclf.config import ConfigError
     from iclf.sweep.spec import load_spec
+    from iclf.sweep.storage import sweep_paths
 
     t0 = time.perf_counter()
     try:
@@ -61,7 +62,8 @@ def run_demo(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     from iclf.sweep import tune as sweep_tune
 
-    _, sweep_dir, uri = sweep_tune.sweep_paths(spec)
+    paths = sweep_paths(spec)
+    sweep_dir, uri = paths.sweep_dir, paths.tracking_uri
     state_file = sweep_dir / STATE_FILE
     resume = False
     spec_arg = _rel(Path(args.spec))

@@ -97,7 +97,8 @@ class SweepRef:
 
 
 def _connect(uri: str):
-    from iclf.tracking.mlflow import connect, sqlite_path
+    from iclf.tracking.mlflow import connect
+    from iclf.tracking.uri import sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
@@ -108,7 +109,8 @@ def _connect(uri: str):
 
 def resolve_sweep(target: str | None, tracking_uri: str | None = None) -> SweepRef:
     """Find the sweep ``target`` names (see the module docstring); ``None`` = the latest sweep."""
-    from iclf.tracking.mlflow import find_sweep_run, resolve_tracking_uri
+    from iclf.tracking.mlflow import find_sweep_run
+    from iclf.tracking.uri import resolve_tracking_uri
 
     name = target
     parent_id = None
@@ -117,13 +119,14 @@ def resolve_sweep(target: str | None, tracking_uri: str | None = None) -> SweepR
     if path is not None and path.is_file() and path.suffix in (".yaml", ".yml"):
         from iclf.config import ConfigError
         from iclf.sweep.spec import load_spec
-        from iclf.sweep.tune import sweep_paths
+        from iclf.sweep.storage import sweep_paths
 
         try:
             spec = load_spec(path)
         except ConfigError as exc:
             raise _usage(str(exc)) from None
-        _, sweep_dir, spec_uri = sweep_paths(spec)
+        paths = sweep_paths(spec)
+        sweep_dir, spec_uri = paths.sweep_dir, paths.tracking_uri
         name, uri = spec.sweep_name, uri or spec_uri
         state = sweep_dir / STATE_FILE
         if state.is_file():
@@ -336,7 +339,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from iclf.analysis.reproduce import reproduce_run
-    from iclf.tracking.mlflow import resolve_tracking_uri
+    from iclf.tracking.uri import resolve_tracking_uri
 
     target = args.target
     if RUN_ID.match(target) and not Path(target).exists():
@@ -392,7 +395,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from iclf.tracking.mlflow import resolve_tracking_uri
+    from iclf.tracking.uri import resolve_tracking_uri
 
     if args.sweep is None and args.tracking_uri is None and not Path(DEFAULT_DB).is_file():
         raise _usage(f"no tracking database at {Path(DEFAULT_DB).resolve()}: run a sweep first "

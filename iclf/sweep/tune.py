@@ -1,21 +1,26 @@
 """Run an ablation spec on Ray Tune: Optuna/grid/random search, ASHA or FIFO, tracked in MLflow.
 
-The driver (:func:`run_sweep`):
+The driver, :func:`run_sweep`, runs in phases:
 
-1. prepares what every trial shares (the synthetic dataset, the tiny pretrained backbone) once, before
-   any trial starts, and fingerprints the dataset;
-2. creates the MLflow database, the experiment and the sweep's parent run (or reopens it with
-   ``resume``), and records the parent run id in ``<storage>/<sweep>/sweep.json``;
-3. runs a :class:`ray.tune.Tuner` around :func:`run_trial`, a thin trainable that resolves the trial's
-   experiment config and calls :func:`iclf.engine.train` with a :class:`TuneReporter`;
-4. closes each child run from a driver-side callback (:class:`CloseRuns`): FINISHED, FAILED after the
-   last retry, with ``stopped_early=true`` when ASHA ended it before the last epoch (such a run is
-   complete as far as the sweep goes, so it is FINISHED, not KILLED; KILLED is for runs whose trial
-   never completed when the sweep ended);
-5. evaluates the test split for the selected checkpoint of ASHA-stopped trials (their process ended at
-   the stop, before the engine's own final evaluation), writes the analysis report when
-   :mod:`iclf.analysis` provides ``write_report``, and closes the parent run FINISHED. An interrupted
-   sweep leaves the parent RUNNING; ``resume`` reopens it and continues the Tune experiment.
+1. ``_check_start``: a fresh sweep must not exist yet; ``resume`` needs one with the same spec;
+2. :func:`prepare_shared_inputs`: what every trial shares (the synthetic dataset, the tiny
+   pretrained backbone) is built once, before any trial starts, and the dataset fingerprinted;
+3. ``_open_record`` / ``_resume_record``: the sweep's MLflow record (experiment and parent run, see
+   :mod:`iclf.tracking.mlflow`) is created, or reopened with ``resume``, and ``sweep.json`` written
+   (:mod:`iclf.sweep.storage`);
+4. :func:`build_tuner` + ``fit``: a :class:`ray.tune.Tuner` around :func:`run_trial`, a thin
+   trainable that resolves the trial's experiment config and calls :func:`iclf.engine.train` with a
+   :class:`TuneReporter`; a driver-side callback (:class:`CloseRuns`) closes each child run:
+   FINISHED, FAILED after the last retry, with ``stopped_early=true`` when ASHA ended it before the
+   last epoch (complete as far as the sweep goes, so FINISHED; KILLED is for runs whose trial never
+   completed when the sweep ended);
+5. :func:`evaluate_stopped_trials`: the test split for the selected checkpoint of ASHA-stopped trials
+   (their process ended at the stop, before the engine's own final evaluation);
+6. :func:`finalize`: the analysis report, logged to the parent run, which is closed FINISHED. An
+   interrupted sweep leaves the parent RUNNING; ``resume`` reopens it and continues the Tune
+   experiment.
+
+Trial outcomes are counted from Tune's public results (``ResultGrid``).
 
 Tune's metric is ``objective``: the best value so far of the spec's validation metric (max or min as
 the spec's mode says), reported every epoch together with the engine's metrics; ASHA's time attribute
@@ -25,6 +30,7 @@ Tune, so neither the searcher nor the scheduler can see them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -40,9 +46,10 @@ from typing import Any, Callable, Mapping
 from ray import tune
 
 from iclf.names import (
-    CONFIG_KEY_TAG, DEFAULT_DB, EPOCH, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG,
-    STATE_FILE, STORAGE_TAG, SWEEP_TAG, THREADS_TAG, best_so_far, better, without_test, worst)
+    CONFIG_KEY_TAG, EPOCH, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG, STORAGE_TAG,
+    SWEEP_TAG, THREADS_TAG, best_so_far, better, without_test, worst)
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
+from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
 
 MAX_ARTIFACT_MB = 512.0   # weights above this size stay on disk (path tagged) instead of in MLflow
 
@@ -348,26 +355,22 @@ class SweepOutcome:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    completed: bool
     trials: int
     finished: int
     failed: int
     timings: dict[str, float] = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
 
+    @property
+    def completed(self) -> bool:
+        """Every trial ended (finished or failed): the sweep is not just interrupted."""
+        return self.trials > 0 and self.finished + self.failed == self.trials
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["sweep_dir"] = str(self.sweep_dir)
+        d["completed"] = self.completed
         return d
-
-
-def sweep_paths(spec: AblationSpec) -> tuple[Path, Path, str]:
-    """``(storage, sweep_dir, tracking_uri)``, all absolute."""
-    from iclf.tracking.mlflow import resolve_tracking_uri
-
-    storage = Path(spec.storage_path).expanduser().resolve()
-    uri = resolve_tracking_uri(spec.tracking.uri, DEFAULT_DB)
-    return storage, storage / spec.sweep_name, uri
 
 
 def prepare_shared_inputs(spec: AblationSpec) -> str:
@@ -447,12 +450,21 @@ def _trainable(ctx: TrialContext, resources: Mapping[str, float]):
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), dict(resources))
 
 
-def _trial_dirname(trial) -> str:
+def _trial_label(trial) -> str:
+    """A trial's name in Ray's progress table and its directory name: ``trial_<id>``."""
     return f"trial_{trial.trial_id}"
 
 
-def _trial_name(trial) -> str:
-    return f"trial_{trial.trial_id}"
+class _Timings(dict):
+    """Seconds per phase of the driver: ``with timings("fit_s"): ...``."""
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = time.perf_counter() - t0
 
 
 def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = False,
@@ -461,13 +473,55 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     """Run (or with ``resume``, continue) the sweep of ``spec``; see the module docstring."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     from iclf.tracking import mlflow as tracking
 
-    storage, sweep_dir, uri = sweep_paths(spec)
-    state_path = sweep_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    t_start = time.perf_counter()
+    timings = _Timings()
+    paths = sweep_paths(spec)
+    state = _check_start(spec, paths, resume)
+    with timings("prepare_s"):
+        fingerprint = prepare_shared_inputs(spec)
+    with timings("mlflow_setup_s"):
+        client = tracking.connect(paths.tracking_uri)
+        record = _resume_record(client, state) if resume else \
+            _open_record(client, spec, paths, fingerprint, address)
+    ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
+                       experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
+                       sweep_dir=str(paths.sweep_dir), tags=_child_tags(client, spec, record),
+                       epoch_hook=epoch_hook)
+    with timings("ray_init_s"):
+        started_ray = _init_ray(address, num_cpus)
+    try:
+        resources = _trial_resources(spec)
+        with timings("fit_s"):
+            results = build_tuner(spec, ctx, resources, paths, resume=resume,
+                                  verbose=verbose).fit()
+        outcome = SweepOutcome(spec.sweep_name, paths.sweep_dir, record.tracking_uri,
+                               record.experiment_id, record.parent_run_id, trials=len(results),
+                               finished=results.num_terminated, failed=results.num_errors,
+                               timings=timings)
+        if not outcome.completed:
+            print(f"[iclf] sweep {spec.sweep_name} interrupted ({outcome.finished} finished, "
+                  f"{outcome.failed} failed of {outcome.trials}); continue it with --resume",
+                  file=sys.stderr)
+            return outcome
+        with timings("test_eval_s"):
+            evaluate_stopped_trials(client, record, resources)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    with timings("finalize_s"):
+        outcome.report = finalize(spec, client, record, paths.sweep_dir, outcome)
+    timings["total_s"] = time.perf_counter() - t_start
+    return outcome
+
+
+def _check_start(spec: AblationSpec, paths: SweepPaths, resume: bool) -> dict[str, Any] | None:
+    """The sweep's state when it may start (fresh) or resume; SweepError saying what to do else."""
+    state = read_state(paths.sweep_dir)
+    sweep_dir = paths.sweep_dir
     if resume:
         if state is None or not tune.Tuner.can_restore(str(sweep_dir)):
             raise SweepError(f"nothing to resume at {sweep_dir}: start the sweep without --resume")
@@ -478,103 +532,91 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     elif sweep_dir.exists() and (state is not None or tune.Tuner.can_restore(str(sweep_dir))):
         raise SweepError(f"a sweep already exists at {sweep_dir}: pass --resume to continue it, or "
                          f"give this one another name (name=...) or storage_path")
+    return state
 
-    t0 = time.perf_counter()
-    fingerprint = prepare_shared_inputs(spec)
-    timings["prepare_s"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    client = tracking.connect(uri)
-    if resume:
-        experiment_id, parent_run_id = state["experiment_id"], state["parent_run_id"]
-        tracking.reopen_run(client, parent_run_id)
-    else:
-        experiment_id = tracking.ensure_experiment(client, spec.tracking.experiment or spec.sweep_name,
-                                                   tracking.default_artifact_location(uri))
-        provenance = {**tracking.git_state(Path(__file__)), **tracking.package_versions()}
-        parent_run_id = tracking.create_sweep_run(client, experiment_id, spec.sweep_name, {
-            "spec_file": str(spec.path.resolve()), "spec_sha256": spec.file_hash,
+def _open_record(client, spec: AblationSpec, paths: SweepPaths, fingerprint: str,
+                 address: str | None):
+    """A new sweep's MLflow record (experiment, parent run with its provenance tags and the spec)
+    and its state file."""
+    from iclf.tracking import mlflow as tracking
+
+    provenance = {**tracking.git_state(Path(__file__)), **tracking.package_versions()}
+    tags = {"spec_file": str(spec.path.resolve()), "spec_sha256": spec.file_hash,
             "spec_resolved_sha256": spec.hash, "variant": spec.variant or "",
             "smoke": str(spec.smoke).lower(), "dataset_fingerprint": fingerprint,
-            STORAGE_TAG: str(sweep_dir), "search": spec.search.algorithm,
+            STORAGE_TAG: str(paths.sweep_dir), "search": spec.search.algorithm,
             "scheduler": spec.scheduler.name, METRIC_TAG: spec.metric, MODE_TAG: spec.mode,
             "seeds": json.dumps(list(spec.seeds)), "trials_planned": spec.num_trials(),
-            "ray_address": address or "local", **provenance})
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "spec.resolved.json").write_text(json.dumps(spec.resolved, indent=1,
-                                                                 default=str))
-        client.log_artifact(parent_run_id, str(spec.path))
-        client.log_artifact(parent_run_id, str(sweep_dir / "spec.resolved.json"))
-        state = {"sweep": spec.sweep_name, "spec_file": str(spec.path.resolve()),
-                 "spec_hash": spec.hash, "tracking_uri": uri, "experiment_id": experiment_id,
-                 "parent_run_id": parent_run_id}
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(state_path)
-    timings["mlflow_setup_s"] = time.perf_counter() - t0
-    child_tags = {SWEEP_TAG: spec.sweep_name, "git_sha": client.get_run(parent_run_id).data.tags
-                  .get("git_sha", "unknown")}
-    ctx = TrialContext(spec=spec, tracking_uri=uri, experiment_id=experiment_id,
-                       parent_run_id=parent_run_id, sweep_dir=str(sweep_dir), tags=child_tags,
-                       epoch_hook=epoch_hook)
+            "ray_address": address or "local", **provenance}
+    paths.sweep_dir.mkdir(parents=True, exist_ok=True)
+    resolved = paths.sweep_dir / "spec.resolved.json"
+    resolved.write_text(json.dumps(spec.resolved, indent=1, default=str))
+    record = tracking.open_sweep(client, experiment=spec.tracking.experiment or spec.sweep_name,
+                                 sweep=spec.sweep_name, tags=tags,
+                                 artifacts=[spec.path, resolved])
+    write_state(paths.sweep_dir, {
+        "sweep": spec.sweep_name, "spec_file": str(spec.path.resolve()), "spec_hash": spec.hash,
+        "tracking_uri": record.tracking_uri, "experiment_id": record.experiment_id,
+        "parent_run_id": record.parent_run_id})
+    return record
 
-    t0 = time.perf_counter()
-    started_ray = _init_ray(address, num_cpus)
-    timings["ray_init_s"] = time.perf_counter() - t0
-    try:
-        resources = _trial_resources(spec)
-        trainable = _trainable(ctx, resources)
-        t0 = time.perf_counter()
-        if resume:
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            space, search, scheduler, num_samples = _tuner_parts(spec)
-            tuner = tune.Tuner(
-                trainable, param_space=space,
-                tune_config=tune.TuneConfig(
-                    metric=OBJECTIVE, mode=spec.mode, search_alg=search, scheduler=scheduler,
-                    num_samples=num_samples, max_concurrent_trials=spec.max_concurrent_trials,
-                    # A finished trial's worker process runs the next trial: no new process, no
-                    # second import of torch/iclf/MLflow (the demo sweep: 256 s -> 173 s). Safe
-                    # because a trial keeps no state outside run_trial and logs through its own
-                    # MlflowClient run id, never MLflow's process-global active run.
-                    reuse_actors=True,
-                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
-                run_config=tune.RunConfig(
-                    name=spec.sweep_name, storage_path=str(storage),
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[CloseRuns(uri, experiment_id, parent_run_id, spec.max_epochs)],
-                    verbose=verbose))
-        results = tuner.fit()
-        timings["fit_s"] = time.perf_counter() - t0
-        statuses = [t.status for t in results._experiment_analysis.trials]
-        finished = sum(s == "TERMINATED" for s in statuses)
-        failed = sum(s == "ERROR" for s in statuses)
-        completed = finished + failed == len(statuses) and len(statuses) > 0
-        outcome = SweepOutcome(spec.sweep_name, sweep_dir, uri, experiment_id, parent_run_id,
-                               completed, len(statuses), finished, failed, timings)
-        if not completed:
-            print(f"[iclf] sweep {spec.sweep_name} interrupted ({finished} finished, {failed} failed "
-                  f"of {len(statuses)}); continue it with --resume", file=sys.stderr)
-            return outcome
-        t0 = time.perf_counter()
-        evaluate_stopped_trials(client, experiment_id, parent_run_id, resources)
-        timings["test_eval_s"] = time.perf_counter() - t0
-    finally:
-        if started_ray:
-            import ray
 
-            ray.shutdown()
-    t0 = time.perf_counter()
-    kill_unfinished_runs(client, experiment_id, parent_run_id)
-    outcome.report = write_analysis(spec, uri, parent_run_id, sweep_dir, client)
-    tracking.close_run(client, parent_run_id, "FINISHED",
-                       {"trials_finished": finished, "trials_failed": failed})
-    timings["finalize_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - t_start
-    return outcome
+def _resume_record(client, state: Mapping[str, Any]):
+    """The record of the sweep being resumed, its parent run reopened."""
+    from iclf.tracking import mlflow as tracking
+
+    record = tracking.SweepRecord(state["tracking_uri"], state["experiment_id"],
+                                  state["parent_run_id"])
+    tracking.resume_sweep(client, record)
+    return record
+
+
+def _child_tags(client, spec: AblationSpec, record) -> dict[str, str]:
+    """Tags every trial run carries: the sweep's name and the git SHA its parent recorded."""
+    sha = client.get_run(record.parent_run_id).data.tags.get("git_sha", "unknown")
+    return {SWEEP_TAG: spec.sweep_name, "git_sha": sha}
+
+
+def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, float],
+                paths: SweepPaths, *, resume: bool = False, verbose: int = 1) -> tune.Tuner:
+    """The Tune experiment of ``spec`` (restored from its directory with ``resume``)."""
+    trainable = _trainable(ctx, resources)
+    if resume:
+        return tune.Tuner.restore(str(paths.sweep_dir), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+    space, search, scheduler, num_samples = _tuner_parts(spec)
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode=spec.mode, search_alg=search, scheduler=scheduler,
+            num_samples=num_samples, max_concurrent_trials=spec.max_concurrent_trials,
+            # A finished trial's worker process runs the next trial: no new process, no second
+            # import of torch/iclf/MLflow (the demo sweep: 256 s -> 173 s). Safe because a trial
+            # keeps no state outside run_trial and logs through its own MlflowClient run id,
+            # never MLflow's process-global active run.
+            reuse_actors=True,
+            trial_name_creator=_trial_label, trial_dirname_creator=_trial_label),
+        run_config=tune.RunConfig(
+            name=spec.sweep_name, storage_path=str(paths.storage),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[CloseRuns(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
+                                 spec.max_epochs)],
+            verbose=verbose))
+
+
+def finalize(spec: AblationSpec, client, record, sweep_dir: Path,
+             outcome: SweepOutcome) -> list[str]:
+    """Close a completed sweep: child runs still RUNNING become KILLED, the analysis report is
+    written and logged to the parent run, the parent run is FINISHED. Returns the report's files."""
+    from iclf.tracking import mlflow as tracking
+
+    kill_unfinished_runs(client, record.experiment_id, record.parent_run_id)
+    report = write_analysis(spec, record.tracking_uri, record.parent_run_id, sweep_dir, client)
+    tracking.close_sweep(client, record, "FINISHED", {"trials_finished": outcome.finished,
+                                                      "trials_failed": outcome.failed})
+    return report
 
 
 def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int) -> dict[str, float]:
@@ -589,15 +631,14 @@ def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int) -
     return test
 
 
-def evaluate_stopped_trials(client, experiment_id: str, parent_run_id: str,
-                            resources: Mapping[str, float]) -> int:
+def evaluate_stopped_trials(client, record, resources: Mapping[str, float]) -> int:
     """Evaluate on test the selected checkpoint of every FINISHED child run that has no test metrics
     (trials ASHA stopped), in parallel Ray tasks with the trials' resources; returns how many."""
     import ray
 
     from iclf.tracking.mlflow import child_runs
 
-    todo = [r for r in child_runs(client, experiment_id, parent_run_id)
+    todo = [r for r in child_runs(client, record.experiment_id, record.parent_run_id)
             if r.info.status == "FINISHED" and "test/R1" not in r.data.metrics
             and RUN_DIR_TAG in r.data.tags]
     if not todo:
@@ -624,12 +665,9 @@ def kill_unfinished_runs(client, experiment_id: str, parent_run_id: str) -> int:
 
 def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: Path,
                    client) -> list[str]:
-    """Call :func:`iclf.analysis.write_report` when the analysis package provides it, and log what it
-    wrote to the parent run; returns the paths."""
-    try:
-        from iclf.analysis import write_report
-    except ImportError:
-        return []
+    """Write the analysis report (:func:`iclf.analysis.write_report`) and log it to the parent run;
+    returns the paths."""
+    from iclf.analysis import write_report
     from iclf.tracking.mlflow import load_sweep_frames
 
     trials, curves = load_sweep_frames(uri, parent_run_id)
@@ -645,5 +683,5 @@ def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: 
 
 
 __all__ = ["TrialContext", "TuneReporter", "CloseRuns", "SweepOutcome", "SweepError", "run_trial",
-           "run_sweep", "sweep_paths", "prepare_shared_inputs", "evaluate_stopped_trials",
+           "run_sweep", "build_tuner", "finalize", "prepare_shared_inputs", "evaluate_stopped_trials",
            "kill_unfinished_runs", "write_analysis"]

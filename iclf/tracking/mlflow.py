@@ -33,30 +33,13 @@ from mlflow.exceptions import MlflowException
 from iclf.names import (
     CONFIG_KEY_TAG, CURVE_METRICS, EPOCH, HEADLINE_METRICS, PARAM_PREFIX, PARENT_TAG, ROLE_TAG,
     SEED_TAG, SWEEP_TAG, TRIAL_TAG, VAL_METRICS)
+from iclf.tracking.uri import sqlite_path
 
 MAX_BATCH = 100                   # MLflow accepts at most 100 params or tags per log_batch
 MAX_VALUE = 6000                  # longest param value MLflow stores
 
 
 # ----------------------------------------------------------------------------- URIs and setup
-
-
-def resolve_tracking_uri(uri: str | None, default_db: str | Path) -> str:
-    """An absolute tracking URI: ``None`` -> ``sqlite:////<abs default_db>``; a relative SQLite path
-    or a bare file path is made absolute against the current directory; other URIs pass through."""
-    if uri is None:
-        return "sqlite:///" + str(Path(default_db).expanduser().resolve())
-    if uri.startswith("sqlite:///"):
-        rest = uri[len("sqlite:///"):]
-        return "sqlite:///" + str(Path(rest).expanduser().resolve())
-    if "://" not in uri:
-        return "sqlite:///" + str(Path(uri).expanduser().resolve())
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
 def connect(uri: str) -> MlflowClient:
@@ -138,6 +121,38 @@ def create_sweep_run(client: MlflowClient, experiment_id: str, sweep: str,
     """Create the parent run of a sweep (status RUNNING) and return its id."""
     all_tags = {ROLE_TAG: "sweep", SWEEP_TAG: sweep, **{k: str(v) for k, v in tags.items()}}
     return client.create_run(experiment_id, run_name=sweep, tags=all_tags).info.run_id
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep's place in MLflow: what its state file records and every trial needs."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+def open_sweep(client: MlflowClient, *, experiment: str, sweep: str, tags: Mapping[str, Any],
+               artifacts: Iterable[str | Path] = ()) -> SweepRecord:
+    """Start a sweep's record: its experiment (created if missing), its parent run (RUNNING, with
+    ``tags``) and the parent's ``artifacts`` (the spec files)."""
+    uri = client.tracking_uri
+    experiment_id = ensure_experiment(client, experiment, default_artifact_location(uri))
+    parent_run_id = create_sweep_run(client, experiment_id, sweep, tags)
+    for path in artifacts:
+        client.log_artifact(parent_run_id, str(path))
+    return SweepRecord(uri, experiment_id, parent_run_id)
+
+
+def resume_sweep(client: MlflowClient, record: SweepRecord) -> None:
+    """Reopen a sweep's parent run (``--resume``)."""
+    reopen_run(client, record.parent_run_id)
+
+
+def close_sweep(client: MlflowClient, record: SweepRecord, status: str,
+                tags: Mapping[str, Any]) -> None:
+    """End a sweep's parent run with ``status`` and its final ``tags``."""
+    close_run(client, record.parent_run_id, status, tags)
 
 
 def reopen_run(client: MlflowClient, run_id: str) -> None:
@@ -346,29 +361,7 @@ def load_sweep_frames(tracking_uri: str, parent_run_id: str | None = None, *,
     return trials, curves
 
 
-def log_artifacts(client: MlflowClient, run_id: str, paths: Iterable[str | Path],
-                  artifact_path: str | None = None) -> int:
-    """Log every existing file of ``paths`` to a run; returns how many."""
-    n = 0
-    for p in paths:
-        p = Path(p)
-        if p.is_file():
-            client.log_artifact(run_id, str(p), artifact_path)
-            n += 1
-    return n
-
-
-@dataclass(frozen=True)
-class SweepRuns:
-    """Where a sweep's runs live (passed to every trial)."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-
-
-__all__ = ["RunLogger", "SweepRuns",
-           "resolve_tracking_uri", "connect", "ensure_experiment", "default_artifact_location",
+__all__ = ["RunLogger", "SweepRecord", "connect", "ensure_experiment", "default_artifact_location",
            "git_state", "package_versions", "create_sweep_run", "reopen_run", "find_trial_run",
            "open_trial_run", "close_run", "child_runs", "find_sweep_run", "load_sweep_frames",
-           "log_artifacts"]
+           "open_sweep", "resume_sweep", "close_sweep"]

@@ -23,8 +23,8 @@ from iclf.tracking.mlflow import (  # noqa: E402
     open_trial_run,
     package_versions,
     reopen_run,
-    resolve_tracking_uri,
 )
+from iclf.tracking.uri import resolve_tracking_uri  # noqa: E402
 
 
 @pytest.fixture(scope="module")
