@@ -2,11 +2,12 @@
 
 Builds the model, objective, optimiser and data loader exactly as ``iclf train`` does (from
 ``experiments/synthetic.yaml`` by default: tiny backbone, synthetic CUHK-PEDES, the full ICLF loss
-set), then times ``--steps`` optimiser steps after ``--warmup`` steps, data loading included. Prints
-one JSON object: samples/s and seconds per step (median and minimum: on a shared machine the minimum
-is the better estimate of the uncontended time), trainable parameters and peak memory. On a GPU (``device=cuda`` or ``auto`` with CUDA) it runs under the config's
-precision (bf16 autocast for ``auto``); pass ``--config experiments/iclf_cuhk.yaml data.root=...``
-with real data and weights to measure ViT-B-16.
+set) and times ``--steps`` calls of the engine's own ``train_step`` after ``--warmup`` ones, data
+loading included. Prints one JSON object: samples/s and seconds per step (median and minimum: on a
+shared machine the minimum is the better estimate of the uncontended time), trainable parameters and
+peak memory. On a GPU (``device=cuda`` or ``auto`` with CUDA) it runs under the config's precision
+(bf16 autocast for ``auto``); pass ``--config experiments/iclf_cuhk.yaml data.root=...`` with real
+data and weights to measure ViT-B-16.
 
 Usage: python bench/train_step.py [--config experiments/synthetic.yaml] [--steps 10] [--warmup 2]
        [--threads N] [key=value ...]
@@ -39,11 +40,12 @@ def main() -> None:
     import torch
 
     from iclf.config import load_config
-    from iclf.engine.evaluate import autocast_context, use_bf16
+    from iclf.engine.evaluate import use_bf16
     from iclf.engine.seed import seed_everything
     from iclf.engine.trainer import (
         build_model, build_objective, build_optimizer_for, build_train_loader, count_params,
-        ensure_backbone_weights, peak_memory_mb, prepare_data, resolve_device, resolve_paths)
+        ensure_backbone_weights, peak_memory_mb, prepare_data, resolve_device, resolve_paths,
+        train_step)
     from iclf.tokenizer import Tokenizer
 
     if args.threads:
@@ -74,13 +76,8 @@ def main() -> None:
         except StopIteration:
             it = iter(loader)
             batch = next(it)
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                 for k, v in batch.items()}
-        with autocast_context(device, bf16):
-            loss = objective(model, batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, objective, optimizer, batch, device=device, bf16=bf16,
+                   grad_clip=cfg.training.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= args.warmup:

@@ -140,7 +140,7 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
     """
     import torch
 
-    from iclf.engine import evaluate_run, train
+    from iclf.engine import train
     from iclf.engine.trainer import resolve_device
     from iclf.tracking.mlflow import RunLogger, close_run
 
@@ -169,16 +169,11 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
         if threads.isdigit():
             torch.set_num_threads(int(threads))
         reporter = MlflowReporter(RunLogger(client, new_id))
-        result = train(cfg, reporter=reporter, progress=progress, console=False,
-                       stop_after_epoch=stop)
-        if result is not None:
-            reproduced = {**{f"val/{k}": v for k, v in result.val.items()},
-                          **{f"test/{k}": v for k, v in result.test.items()}}
-        else:  # stopped where ASHA stopped the trial: evaluate its selected checkpoint as the sweep did
-            reproduced = {f"{split}/{k}": v for split in ("val", "test")
-                          for k, v in evaluate_run(cfg.run_dir, which="best", split=split).items()}
-            RunLogger(client, new_id).log_once(
-                {k: v for k, v in reproduced.items() if k.startswith("test/")}, step=trained)
+        # stops where ASHA stopped the trial (if it did), testing the selected checkpoint as the
+        # sweep did
+        result = train(cfg, reporter=reporter, progress=progress, console=False, until_epoch=stop)
+        reproduced = {**{f"val/{k}": v for k, v in result.val.items()},
+                      **{f"test/{k}": v for k, v in result.test.items()}}
     except BaseException:
         close_run(client, new_id, "FAILED")
         raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,3 +70,38 @@ def chance_levels(query_pids: Any, gallery_pids: Any, seed: int = 0) -> dict[str
     gen = torch.Generator().manual_seed(seed)
     sim = torch.rand(len(q), len(g), generator=gen)
     return retrieval_metrics(sim, q, g)
+
+
+def evaluate_run(run_dir: str | Path, *, which: str = "best", split: str = "test",
+                 device: str | None = None) -> dict[str, float]:
+    """Rebuild a finished run from its ``configs.yaml`` and evaluate a checkpoint (``best``: the
+    selected one; ``last``) on a split."""
+    from iclf.config import load_config
+    from iclf.data.transforms import build_test_transform
+    from iclf.engine import checkpoint as ckpt
+    from iclf.engine.seed import seed_everything
+    # the builders live with the loop that uses them; imported here, not at the top (trainer
+    # imports this module)
+    from iclf.engine.trainer import build_model, prepare_data, resolve_device
+    from iclf.tokenizer import Tokenizer
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "configs.yaml")
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
+    dev = resolve_device(cfg.device)
+    data = prepare_data(cfg)
+    seed_everything(cfg.seed, cfg.training.deterministic)
+    model = build_model(cfg, num_classes=data.num_train_ids).to(dev)
+    ckpt_dir = run_dir / "checkpoint"
+    if which == "best":
+        weights_file = ckpt_dir / ckpt.BEST_FILE
+        weights = ckpt.load(weights_file)
+    else:
+        weights_file = ckpt_dir / ckpt.STATE_FILE
+        weights = ckpt.load(weights_file)["model"]
+    ckpt.load_trainable_state_dict(model, weights, weights_file)
+    eval_set = data.test if split == "test" else data.val
+    return evaluate_split(model, eval_set, transform=build_test_transform(tuple(cfg.model.image_size)),
+                          tokenizer=Tokenizer(), batch_size=cfg.evaluation.batch_size, device=dev,
+                          bf16=use_bf16(cfg.training.precision, dev))

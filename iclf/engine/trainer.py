@@ -1,16 +1,22 @@
 """The single-trial training engine: one process, one device, one config.
 
-``train(cfg)`` is the composition root: it turns the typed config into explicit arguments for the data,
-model, objective and optimiser, runs the epochs, evaluates the validation split every
-``eval_period`` epochs, selects the checkpoint on the validation metric, and evaluates the test split
-once, for the selected checkpoint (and the last epoch). With ``evaluation.paper_protocol`` the
-selection happens on test instead, as in the published code, and every result says so.
+``train(cfg)`` reads top to bottom as its phases:
+
+* :func:`setup` is the composition root: the typed config turned into explicit arguments for the
+  data, model, objective, optimiser, schedule and loader (the ``build_*`` functions), as a
+  :class:`Run`; :func:`restore` loads a checkpoint into it;
+* :func:`run_epoch` trains one epoch (:func:`train_step` per batch), evaluates the validation split
+  every ``eval_period`` epochs and keeps the selected checkpoint, updating a :class:`TrainState`;
+  :func:`save_checkpoint` writes that state after every epoch;
+* :func:`final_result` evaluates the test split once, for the selected checkpoint and the last epoch.
+
+With ``evaluation.paper_protocol`` the selection happens on test instead, as in the published code,
+and every result says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import resource
 import sys
 import time
@@ -50,6 +56,7 @@ class TrainResult:
     run_dir: str
     paper_protocol: bool = False
     chance: dict[str, dict[str, float]] = field(default_factory=dict)
+    epochs_trained: int = 0  # less than training.epochs when stopped early (train(until_epoch=...))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -215,34 +222,67 @@ def peak_memory_mb(device: torch.device) -> float:
 # ----------------------------------------------------------------------------------- training
 
 
-def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
-          resume_from: str | Path | None = None, run_dir: str | Path | None = None,
-          progress: bool | None = None, console: bool = True,
-          stop_after_epoch: int | None = None) -> TrainResult:
-    """Train one configuration; returns the selected checkpoint's validation and test metrics.
+@dataclass
+class TrainState:
+    """What the loop carries from epoch to epoch; every checkpoint saves it (``progress``)."""
 
-    ``resume_from`` is a checkpoint directory written by an earlier run of the same config; the run
-    then continues exactly where it stopped. ``stop_after_epoch`` ends the run early (as if the process
-    had been interrupted) and returns None; it exists for interruption tests.
-    """
+    epoch: int = 0                      # epochs completed
+    global_step: int = 0                # optimiser steps taken
+    best: float | None = None           # best value of the selection metric so far
+    best_epoch: int = 0                 # the epoch it came from (the selected checkpoint)
+    best_metrics: dict[str, float] = field(default_factory=dict)  # selection split at best_epoch
+    last_metrics: dict[str, float] = field(default_factory=dict)  # ... at the last evaluation
+    device_seconds: float = 0.0         # time spent training and evaluating
+
+
+@dataclass
+class Run:
+    """Everything :func:`setup` builds for one run from its config, used by every phase after it."""
+
+    cfg: ExperimentConfig
+    run_dir: Path
+    device: torch.device
+    bf16: bool
+    data: Any                           # iclf.data.pedes.PedesDataset
+    model: torch.nn.Module
+    objective: Any                      # iclf.objective.Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any                      # torch LambdaLR
+    dataset: Any                        # the training pairs (set_epoch)
+    sampler: Any                        # the identity sampler, or None
+    loader: DataLoader
+    eval_kwargs: dict[str, Any]         # how evaluate_split extracts features
+
+    @property
+    def paper(self) -> bool:
+        return self.cfg.evaluation.paper_protocol
+
+    @property
+    def select_split(self) -> str:
+        """The split checkpoints are selected on: val, or test under the paper protocol."""
+        return "test" if self.paper else "val"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoint"
+
+
+def setup(cfg: ExperimentConfig, *, run_dir: str | Path | None = None,
+          progress: bool = True) -> Run:
+    """Resolve paths, write ``configs.yaml``, load the data and build the model, objective,
+    optimiser, schedule and loader: the run, before its first step."""
+    from iclf.data.transforms import build_test_transform
+    from iclf.tokenizer import Tokenizer
+
     cfg = resolve_paths(cfg)
     run_dir = Path(run_dir).resolve() if run_dir is not None else cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "configs.yaml")
-    if progress is None:
-        progress = sys.stderr.isatty()
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.training.precision, device)
     seed_everything(cfg.seed, cfg.training.deterministic)
-
-    from iclf.data.transforms import build_test_transform
-    from iclf.tokenizer import Tokenizer
-
     data = prepare_data(cfg)
-    paper = cfg.evaluation.paper_protocol
-    select_split = "test" if paper else "val"
-    select_set = data.test if paper else data.val
-    if not paper and len(select_set.captions) == 0:
+    if not cfg.evaluation.paper_protocol and len(data.val.captions) == 0:
         raise ValueError(f"{cfg.data.dataset} has an empty validation split; set data.val_fraction > 0 "
                          f"(ICFG-PEDES) or evaluation.paper_protocol=true to select on test")
     ensure_backbone_weights(cfg, progress=progress)
@@ -255,174 +295,183 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
     optimizer = build_optimizer_for(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     dataset, sampler, loader = build_train_loader(cfg, data, tokenizer, device)
-    test_transform = build_test_transform(tuple(cfg.model.image_size))
-    eval_kwargs = dict(transform=test_transform, tokenizer=tokenizer,
-                       batch_size=cfg.evaluation.batch_size, device=device, bf16=bf16,
-                       num_workers=min(cfg.data.num_workers, 2))
-    trainable, total = count_params(model)
-    ckpt_dir = run_dir / "checkpoint"
+    eval_kwargs = dict(transform=build_test_transform(tuple(cfg.model.image_size)),
+                       tokenizer=tokenizer, batch_size=cfg.evaluation.batch_size, device=device,
+                       bf16=bf16, num_workers=min(cfg.data.num_workers, 2))
+    return Run(cfg=cfg, run_dir=run_dir, device=device, bf16=bf16, data=data, model=model,
+               objective=objective, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
+               sampler=sampler, loader=loader, eval_kwargs=eval_kwargs)
 
-    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": 0, "best_metrics": {},
-                             "last_metrics": {}, "device_seconds": 0.0, "global_step": 0}
-    if resume_from is not None:
-        resume_from = Path(resume_from)
-        saved = ckpt.load(resume_from / ckpt.STATE_FILE)
-        ckpt.load_trainable_state_dict(model, saved["model"], resume_from / ckpt.STATE_FILE)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng"])
-        state.update(saved["progress"])
-        if resume_from.resolve() != ckpt_dir.resolve():
-            best_file = resume_from / ckpt.BEST_FILE
-            if best_file.is_file():
-                ckpt.save_atomic(ckpt.load(best_file), ckpt_dir / ckpt.BEST_FILE)
 
-    reporters = Reporters([reporter, JsonlReporter(run_dir / "metrics.jsonl"),
+def restore(run: Run, checkpoint_dir: str | Path) -> TrainState:
+    """Load a checkpoint directory written by an earlier run of the same config into ``run``
+    (weights, optimiser, schedule, RNG) and return its progress; a selected checkpoint there that is
+    not the run's own is copied in."""
+    checkpoint_dir = Path(checkpoint_dir)
+    saved = ckpt.load(checkpoint_dir / ckpt.STATE_FILE)
+    ckpt.load_trainable_state_dict(run.model, saved["model"], checkpoint_dir / ckpt.STATE_FILE)
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    if checkpoint_dir.resolve() != run.checkpoint_dir.resolve():
+        best_file = checkpoint_dir / ckpt.BEST_FILE
+        if best_file.is_file():
+            ckpt.save_atomic(ckpt.load(best_file), run.checkpoint_dir / ckpt.BEST_FILE)
+    return TrainState(**saved["progress"])
+
+
+def save_checkpoint(run: Run, state: TrainState) -> None:
+    """``state.pt``: everything a resumed run needs to continue exactly here (written atomically)."""
+    ckpt.save_atomic({"model": ckpt.trainable_state_dict(run.model),
+                      "optimizer": run.optimizer.state_dict(),
+                      "scheduler": run.scheduler.state_dict(), "rng": get_rng_state(),
+                      "progress": dataclasses.asdict(state)},
+                     run.checkpoint_dir / ckpt.STATE_FILE)
+
+
+def train_step(model: torch.nn.Module, objective, optimizer: torch.optim.Optimizer,
+               batch: dict[str, Any], *, device: torch.device, bf16: bool = False,
+               grad_clip: float | None = None) -> dict[str, torch.Tensor]:
+    """One optimiser step on one batch; returns the (detached) losses. Raises
+    :class:`NonFiniteLossError`, naming every loss, before a NaN or infinite loss updates anything."""
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+             for k, v in batch.items()}
+    with autocast_context(device, bf16):
+        losses = objective(model, batch)
+    total = losses["loss"]
+    if not torch.isfinite(total).item():
+        raise NonFiniteLossError(", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()))
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def run_epoch(run: Run, state: TrainState, epoch: int, *, progress: bool) -> dict[str, float]:
+    """Train one epoch, step the schedule, evaluate the selection split when due and keep the best
+    checkpoint; returns the epoch's metrics (never test ones, unless the paper protocol selects on
+    test)."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    # Everything random in an epoch derives from (seed, epoch): a resumed run replays it exactly.
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    run.dataset.set_epoch(epoch)
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    run.model.train()
+    max_steps = cfg.training.max_steps_per_epoch
+    n_steps = len(run.loader) if max_steps is None else min(len(run.loader), max_steps)
+    lr = run.optimizer.param_groups[0]["lr"]
+    sums: dict[str, float] = {}
+    n_seen = 0
+    bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{cfg.training.epochs}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for step, batch in enumerate(run.loader):
+        if step >= n_steps:
+            break
+        state.global_step += 1
+        try:
+            losses = train_step(run.model, run.objective, run.optimizer, batch, device=run.device,
+                                bf16=run.bf16, grad_clip=cfg.training.grad_clip)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step + 1} (global "
+                                     f"step {state.global_step}): {exc}") from None
+        bs = batch["images"].shape[0]
+        n_seen += bs
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * bs
+        bar.set_postfix({**{k: f"{v / n_seen:.3f}" for k, v in sums.items()}, "lr": f"{lr:.2e}",
+                         "samples/s": f"{n_seen / (time.perf_counter() - t0):.1f}"})
+        bar.update(1)
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+    run.scheduler.step()
+
+    metrics: dict[str, float] = {"epoch": epoch, "lr": lr,
+                                 "samples_per_s": n_seen / max(train_seconds, 1e-9)}
+    metrics.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
+    metric = cfg.evaluation.metric
+    if epoch % cfg.evaluation.eval_period == 0 or epoch == cfg.training.epochs:
+        select_set = run.data.test if run.paper else run.data.val
+        state.last_metrics = evaluate_split(run.model, select_set, **run.eval_kwargs)
+        value = state.last_metrics[metric]
+        if better(value, state.best, "max"):  # every retrieval metric: higher is better
+            state.best, state.best_epoch = value, epoch
+            state.best_metrics = dict(state.last_metrics)
+            ckpt.save_atomic(ckpt.trainable_state_dict(run.model),
+                             run.checkpoint_dir / ckpt.BEST_FILE)
+    metrics.update({f"{run.select_split}/{k}": v for k, v in state.last_metrics.items()})
+    if state.best is not None:
+        metrics[f"best/{run.select_split}/{metric}"] = state.best
+    metrics["best_epoch"] = state.best_epoch
+    state.epoch = epoch
+    state.device_seconds += time.perf_counter() - t0
+    metrics["device_seconds"] = state.device_seconds
+    return metrics
+
+
+def final_result(run: Run, state: TrainState, chance: dict[str, dict[str, float]]) -> TrainResult:
+    """Test metrics of the last epoch and of the selected checkpoint (evaluated once each)."""
+    t0 = time.perf_counter()
+    test_last = evaluate_split(run.model, run.data.test, **run.eval_kwargs)
+    last_weights = ckpt.trainable_state_dict(run.model)
+    best_file = run.checkpoint_dir / ckpt.BEST_FILE
+    ckpt.load_trainable_state_dict(run.model, ckpt.load(best_file), best_file)
+    test_best = evaluate_split(run.model, run.data.test, **run.eval_kwargs)
+    ckpt.load_trainable_state_dict(run.model, last_weights)
+    state.device_seconds += time.perf_counter() - t0
+    trainable, total = count_params(run.model)
+    return TrainResult(best_epoch=state.best_epoch,
+                       val={} if run.paper else dict(state.best_metrics),
+                       test=test_best, test_last=test_last,
+                       val_last={} if run.paper else dict(state.last_metrics),
+                       trainable_params=trainable, total_params=total,
+                       peak_memory_mb=peak_memory_mb(run.device),
+                       device_seconds=state.device_seconds, run_dir=str(run.run_dir),
+                       paper_protocol=run.paper, chance=chance, epochs_trained=state.epoch)
+
+
+def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
+          resume_from: str | Path | None = None, run_dir: str | Path | None = None,
+          progress: bool | None = None, console: bool = True,
+          until_epoch: int | None = None) -> TrainResult:
+    """Train one configuration; returns the selected checkpoint's validation and test metrics.
+
+    ``resume_from`` is a checkpoint directory written by an earlier run of the same config; the run
+    then continues exactly where it stopped. ``until_epoch`` ends training after that epoch, as an
+    early-stopping scheduler does (the schedule still spans ``training.epochs``): the selected
+    checkpoint so far is evaluated on test and ``result.epochs_trained`` says where it stopped.
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
+    run = setup(cfg, run_dir=run_dir, progress=progress)
+    state = TrainState() if resume_from is None else restore(run, resume_from)
+    epochs = run.cfg.training.epochs
+    last = epochs if until_epoch is None else max(1, min(until_epoch, epochs))
+    reporters = Reporters([reporter, JsonlReporter(run.run_dir / "metrics.jsonl"),
                            ConsoleReporter() if console else None])
+    data = run.data
     chance = {"val": chance_levels(data.val.caption_pids, data.val.image_pids)
               if len(data.val.captions) else {},
               "test": chance_levels(data.test.caption_pids, data.test.image_pids)}
-    reporters.on_start({"config": flatten(to_dict(cfg)), "run_dir": str(run_dir),
-                        "device": str(device), "trainable_params": trainable,
+    trainable, total = count_params(run.model)
+    reporters.on_start({"config": flatten(to_dict(run.cfg)), "run_dir": str(run.run_dir),
+                        "device": str(run.device), "trainable_params": trainable,
                         "total_params": total, "dataset_fingerprint": data.fingerprint,
-                        "dataset_stats": data.stats(), "paper_protocol": paper,
-                        "chance": chance, "resumed_from_epoch": state["epoch"],
+                        "dataset_stats": data.stats(), "paper_protocol": run.paper,
+                        "chance": chance, "resumed_from_epoch": state.epoch,
                         "torch_threads": torch.get_num_threads()})
-
-    epochs = cfg.training.epochs
-    metric = cfg.evaluation.metric
-    max_steps = cfg.training.max_steps_per_epoch
     result: TrainResult | None = None
-    for epoch in range(state["epoch"] + 1, epochs + 1):
-        t0 = time.perf_counter()
-        # Everything random in an epoch derives from (seed, epoch): a resumed run replays it exactly.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        dataset.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        n_seen = 0
-        n_steps = len(loader) if max_steps is None else min(len(loader), max_steps)
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch}/{epochs}", disable=not progress,
-                   leave=False, dynamic_ncols=True)
-        lr_now = optimizer.param_groups[0]["lr"]
-        for step, batch in enumerate(loader):
-            if step >= n_steps:
-                break
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                     for k, v in batch.items()}
-            with autocast_context(device, bf16):
-                losses = objective(model, batch)
-            total_loss = losses["loss"]
-            state["global_step"] += 1
-            if not torch.isfinite(total_loss).item():
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch}, step {step + 1} (global step "
-                    f"{state['global_step']}): {parts}")
-            optimizer.zero_grad(set_to_none=True)
-            total_loss.backward()
-            if cfg.training.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], cfg.training.grad_clip)
-            optimizer.step()
-            bs = batch["images"].shape[0]
-            n_seen += bs
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix({**{k: f"{v / n_seen:.3f}" for k, v in sums.items()},
-                             "lr": f"{lr_now:.2e}", "samples/s": f"{n_seen / elapsed:.1f}"})
-            bar.update(1)
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        scheduler.step()
-
-        metrics: dict[str, float] = {"epoch": epoch, "lr": lr_now,
-                                     "samples_per_s": n_seen / max(train_seconds, 1e-9)}
-        metrics.update({f"train/{k}": v / max(n_seen, 1) for k, v in sums.items()})
-        evaluated = epoch % cfg.evaluation.eval_period == 0 or epoch == epochs
-        if evaluated:
-            state["last_metrics"] = evaluate_split(model, select_set, **eval_kwargs)
-            value = state["last_metrics"][metric]
-            if better(value, state["best"], "max"):  # every retrieval metric: higher is better
-                state.update(best=value, best_epoch=epoch, best_metrics=dict(state["last_metrics"]))
-                ckpt.save_atomic(ckpt.trainable_state_dict(model), ckpt_dir / ckpt.BEST_FILE)
-        metrics.update({f"{select_split}/{k}": v for k, v in state["last_metrics"].items()})
-        if state["best"] is not None:
-            metrics[f"best/{select_split}/{metric}"] = state["best"]
-        metrics["best_epoch"] = state["best_epoch"]
-        state["epoch"] = epoch
-        state["device_seconds"] += time.perf_counter() - t0
-        metrics["device_seconds"] = state["device_seconds"]
-        ckpt.save_atomic({"model": ckpt.trainable_state_dict(model),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": get_rng_state(), "progress": dict(state)},
-                         ckpt_dir / ckpt.STATE_FILE)
-        if epoch == epochs:
-            result = _final_result(model, data, state, eval_kwargs, ckpt_dir, run_dir, paper,
-                                   trainable, total, device, chance)
+    for epoch in range(state.epoch + 1, last + 1):
+        metrics = run_epoch(run, state, epoch, progress=progress)
+        save_checkpoint(run, state)
+        if epoch == last:  # before the last report: Tune may end the process right after it
+            result = final_result(run, state, chance)
             reporters.on_result(result)
-        reporters.on_epoch(epoch, metrics, ckpt_dir)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < epochs:
-            return None  # type: ignore[return-value]
-    if result is None:  # resumed after the last epoch had already finished
-        result = _final_result(model, data, state, eval_kwargs, ckpt_dir, run_dir, paper, trainable,
-                               total, device, chance)
+        reporters.on_epoch(epoch, metrics, run.checkpoint_dir)
+    if result is None:  # resumed at or after the last epoch
+        result = final_result(run, state, chance)
         reporters.on_result(result)
     return result
-
-
-def _final_result(model, data, state, eval_kwargs, ckpt_dir, run_dir, paper, trainable, total,
-                  device, chance) -> TrainResult:
-    """Test metrics for the last epoch and for the selected checkpoint (evaluated once each)."""
-    t0 = time.perf_counter()
-    val_last = dict(state["last_metrics"]) if not paper else {}
-    test_last = evaluate_split(model, data.test, **eval_kwargs)
-    last_weights = ckpt.trainable_state_dict(model)
-    ckpt.load_trainable_state_dict(model, ckpt.load(ckpt_dir / ckpt.BEST_FILE), ckpt_dir)
-    test_best = evaluate_split(model, data.test, **eval_kwargs)
-    ckpt.load_trainable_state_dict(model, last_weights)
-    state["device_seconds"] += time.perf_counter() - t0
-    return TrainResult(best_epoch=state["best_epoch"],
-                       val=dict(state["best_metrics"]) if not paper else {},
-                       test=test_best, test_last=test_last, val_last=val_last,
-                       trainable_params=trainable, total_params=total,
-                       peak_memory_mb=peak_memory_mb(device),
-                       device_seconds=state["device_seconds"], run_dir=str(run_dir),
-                       paper_protocol=paper, chance=chance)
-
-
-def evaluate_run(run_dir: str | Path, *, which: str = "best", split: str = "test",
-                 device: str | None = None) -> dict[str, float]:
-    """Rebuild a finished run from its ``configs.yaml`` and evaluate a checkpoint on a split."""
-    from iclf.config import load_config
-    from iclf.data.transforms import build_test_transform
-    from iclf.tokenizer import Tokenizer
-
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "configs.yaml")
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
-    dev = resolve_device(cfg.device)
-    data = prepare_data(cfg)
-    seed_everything(cfg.seed, cfg.training.deterministic)
-    model = build_model(cfg, num_classes=data.num_train_ids).to(dev)
-    ckpt_dir = run_dir / "checkpoint"
-    if which == "best":
-        weights_file = ckpt_dir / ckpt.BEST_FILE
-        weights = ckpt.load(weights_file)
-    else:
-        weights_file = ckpt_dir / ckpt.STATE_FILE
-        weights = ckpt.load(weights_file)["model"]
-    ckpt.load_trainable_state_dict(model, weights, weights_file)
-    bf16 = use_bf16(cfg.training.precision, dev)
-    eval_set = data.test if split == "test" else data.val
-    return evaluate_split(model, eval_set, transform=build_test_transform(tuple(cfg.model.image_size)),
-                          tokenizer=Tokenizer(), batch_size=cfg.evaluation.batch_size, device=dev,
-                          bf16=bf16)
-
-
-def is_finite_metrics(m: dict[str, float]) -> bool:
-    return all(math.isfinite(v) for v in m.values())

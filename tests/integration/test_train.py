@@ -63,7 +63,8 @@ def test_same_seed_gives_identical_metrics(tmp_path, data_root):
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, data_root):
     full = train(fast_config(tmp_path / "full", data_root), console=False)
     cfg = fast_config(tmp_path / "cut", data_root)
-    assert train(cfg, console=False, stop_after_epoch=1) is None
+    cut = train(cfg, console=False, until_epoch=1)
+    assert cut.epochs_trained == 1 and cut.best_epoch == 1
     resumed = train(cfg, console=False, resume_from=cfg.run_dir.resolve() / "checkpoint")
     assert resumed.val == full.val and resumed.test == full.test
     assert resumed.test_last == full.test_last and resumed.best_epoch == full.best_epoch
