@@ -430,9 +430,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, following ``base:`` (a path relative to the file) recursively."""
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, following ``base:`` (a path relative to the file) recursively.
+
+    A ``base:`` chain that comes back to a file already on it (``a.yaml`` naming itself, or
+    a -> b -> a) is a ConfigError naming every file of the loop.
+    """
     path = Path(path)
+    key = path.resolve()
+    if key in _chain:
+        loop = [*_chain[_chain.index(key):], key]
+        raise ConfigError(f"{loop[0]}: the base: chain loops: {' -> '.join(str(p) for p in loop)}")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -445,7 +453,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base: expected a file name")
-        data = deep_merge(read_yaml(path.parent / base), data)
+        data = deep_merge(read_yaml(path.parent / base, (*_chain, key)), data)
     return data
 
 

@@ -92,3 +92,35 @@ def test_resolved_config_round_trips(tmp_path):
 def test_config_from_dict_reports_source():
     with pytest.raises(ConfigError, match=r"^my.yaml: name: must be"):
         config_from_dict({"name": "", "losses": {"weights": {"itc": 1}}}, "my.yaml")
+
+
+@pytest.mark.parametrize("chain", [["a.yaml"], ["a.yaml", "b.yaml"], ["a.yaml", "b.yaml", "c.yaml"]],
+                         ids=["self", "two", "three"])
+def test_base_chain_that_loops_is_one_config_error(tmp_path, chain):
+    # a.yaml -> a.yaml, a -> b -> a, a -> b -> c -> a: a ConfigError naming the files, not RecursionError
+    for i, name in enumerate(chain):
+        nxt = chain[(i + 1) % len(chain)]
+        write(tmp_path, {"base": nxt, "losses": {"weights": {"itc": 1}}}, name)
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "a.yaml")
+    msg = str(exc.value)
+    assert "\n" not in msg and "loops" in msg
+    assert all(name in msg for name in chain)
+
+
+def test_base_chain_loop_exits_2_with_one_line(tmp_path, capsys):
+    from iclf.cli import main
+
+    write(tmp_path, {"base": "b.yaml"}, "a.yaml")
+    write(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    assert main(["train", str(tmp_path / "a.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.yaml" in err[0] and "b.yaml" in err[0]
+
+
+def test_a_shared_base_is_not_a_loop(tmp_path):
+    # a diamond is fine: two files may name the same base as long as no chain returns to itself
+    write(tmp_path, {"losses": {"weights": {"itc": 1}}}, "root.yaml")
+    write(tmp_path, {"base": "root.yaml", "seed": 3}, "mid.yaml")
+    cfg = load_config(write(tmp_path, {"base": "mid.yaml"}, "top.yaml"))
+    assert cfg.seed == 3
