@@ -43,6 +43,9 @@ class ModelConfig:
     image_size: tuple[int, int] = (384, 128)
     stride: int | None = None
     pos_interp: Literal["bilinear", "bicubic"] = "bilinear"
+    # The backbone's MLP activation: quick_gelu for OpenAI's CLIP weights, gelu for every other
+    # open_clip ViT-B-16 checkpoint (the file does not record it; see README "Pretrained weights").
+    act: Literal["quick_gelu", "gelu"] = "quick_gelu"
     temp_init: float = 0.07
 
 

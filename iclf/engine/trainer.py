@@ -140,7 +140,8 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
         image_size=tuple(cfg.model.image_size), num_classes=num_classes,
         fusion_style=cfg.fusion.style, fusion_depth=cfg.fusion.depth, fusion_heads=cfg.fusion.heads,
         lora=lora, need_mlm=w.mlm > 0, need_itm=w.itm > 0, need_id=w.id > 0,
-        temp_init=cfg.model.temp_init, pos_interp=cfg.model.pos_interp, stride=cfg.model.stride)
+        temp_init=cfg.model.temp_init, pos_interp=cfg.model.pos_interp, stride=cfg.model.stride,
+        act=cfg.model.act)
 
 
 def build_objective(cfg: ExperimentConfig):

@@ -124,3 +124,22 @@ def test_a_shared_base_is_not_a_loop(tmp_path):
     write(tmp_path, {"base": "root.yaml", "seed": 3}, "mid.yaml")
     cfg = load_config(write(tmp_path, {"base": "mid.yaml"}, "top.yaml"))
     assert cfg.seed == 3
+
+
+def test_model_act_reaches_the_backbone_and_is_checked(tmp_path, capsys):
+    from torch import nn
+
+    from iclf.cli import main
+    from iclf.engine.trainer import build_model
+
+    path = ROOT / "experiments" / "synthetic.yaml"
+    small = ["model.pretrained=null", "model.build_pretrained=false", "model.image_size=[64,32]"]
+    for act, cls in (("quick_gelu", "QuickGELU"), ("gelu", "GELU")):
+        model = build_model(load_config(path, [*small, f"model.act={act}"]), num_classes=4)
+        acts = {type(b.mlp.gelu).__name__ for tower in (model.backbone.visual, model.backbone.text)
+                for b in tower.transformer.resblocks}
+        assert acts == {cls}
+        assert all(isinstance(b.mlp.gelu, nn.Module) for b in model.fusion.blocks if hasattr(b, "mlp"))
+    assert main(["train", str(path), "model.act=foo", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.act: 'foo' is not one of 'quick_gelu', 'gelu'" in err[0]
