@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from iclf.metrics import evaluate_features, retrieval_metrics
+from iclf.precision import fp32_region
 
 
 def autocast_context(device: torch.device, bf16: bool):
@@ -22,7 +23,11 @@ def autocast_context(device: torch.device, bf16: bool):
 def extract_features(model: torch.nn.Module, eval_set: Any, *, transform: Any, tokenizer: Any,
                      batch_size: int, device: torch.device, bf16: bool = False,
                      num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised global text and image features of an evaluation split, batched, in eval mode."""
+    """L2-normalised global text and image features of an evaluation split, batched, in eval mode.
+
+    The encoders run under bf16 autocast when ``bf16`` is set (on CUDA); the features are cast to fp32
+    and normalised outside it, and the similarity (:func:`iclf.metrics.cosine_similarity`) is fp32.
+    """
     from iclf.data.datasets import ImageSet, TextSet
 
     was_training = model.training
@@ -40,8 +45,9 @@ def extract_features(model: torch.nn.Module, eval_set: Any, *, transform: Any, t
             for batch in text_loader:
                 ids = batch["caption_ids"].to(device, non_blocking=True)
                 text_feats.append(model.backbone.encode_text(ids).float().cpu())
-        img = torch.nn.functional.normalize(torch.cat(image_feats), dim=-1)
-        txt = torch.nn.functional.normalize(torch.cat(text_feats), dim=-1)
+        with fp32_region():  # the features are on the CPU by now
+            img = torch.nn.functional.normalize(torch.cat(image_feats).float(), dim=-1)
+            txt = torch.nn.functional.normalize(torch.cat(text_feats).float(), dim=-1)
         return txt, img
     finally:
         model.train(was_training)
