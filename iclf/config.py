@@ -40,6 +40,9 @@ class ModelConfig:
     pretrained: str | None = None
     # Synthetic default only: pretrain the tiny backbone into `pretrained` when that file is missing.
     build_pretrained: bool = False
+    # A published IRRA/ICLF checkpoint (best.pth) to start from: every weight of the model (backbone,
+    # fusion, heads) is loaded from it through a strict key mapping (iclf/models/reference.py).
+    init_from: str | None = None
     image_size: tuple[int, int] = (384, 128)
     stride: int | None = None
     pos_interp: Literal["bilinear", "bicubic"] = "bilinear"
@@ -156,6 +159,10 @@ class OptimConfig:
     lr_factor_bias: float = 2.0
     lr_factor_adapter: float = 1.0
     weight_decay_bias: float = 0.0
+    # How each parameter gets its lr and weight decay (iclf/engine/optim.py): "reference" applies
+    # IRRA's name rule to the parameter's name in the IRRA/ICLF model (faithful presets; needs full
+    # fine-tuning and the irra fusion style); "module" goes by module (backbone / new / adapters).
+    groups: Literal["reference", "module"] = "module"
 
 
 @dataclass
@@ -226,6 +233,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(m.temp_init > 0, "model.temp_init", "must be > 0")
     _check(not m.build_pretrained or m.pretrained is not None, "model.build_pretrained",
            "needs model.pretrained (the file to build)")
+    _check(m.init_from is None or m.pretrained is None, "model.init_from",
+           "the IRRA/ICLF checkpoint holds every backbone weight, so model.pretrained would go "
+           "unused: set model.pretrained=null")
     lo = cfg.lora if cfg.lora is not None else LoraConfig(rank=0)
     _check(lo.rank >= 0, "lora.rank", "must be >= 0 (0 = full fine-tuning)")
     _check(lo.alpha > 0, "lora.alpha", "must be > 0")
@@ -273,6 +283,14 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(all(0 <= b < 1 for b in o.betas), "optim.betas", "must be in [0, 1)")
     for k in ("lr_factor_new", "lr_factor_bias", "lr_factor_adapter"):
         _check(getattr(o, k) > 0, f"optim.{k}", "must be > 0")
+    if o.groups == "reference":
+        _check(lo.rank == 0, "optim.groups",
+               "'reference' applies IRRA's rule to the reference model's parameter names, which has "
+               "no LoRA adapters; use optim.groups=module with lora.rank > 0")
+        fusion_built = fu.depth > 0 and (w.mlm > 0 or w.itm > 0)
+        _check(not fusion_built or fu.style == "irra", "optim.groups",
+               f"'reference' applies IRRA's rule to the reference model's parameter names, which has "
+               f"no {fu.style!r} fusion module; use optim.groups=module with fusion.style={fu.style}")
     s = cfg.schedule
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0")
     _check(0 < s.warmup_factor <= 1, "schedule.warmup_factor", "must be in (0, 1]")

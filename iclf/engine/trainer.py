@@ -25,7 +25,8 @@ from tqdm import tqdm
 from iclf.config import ExperimentConfig, flatten, save_config, to_dict
 from iclf.engine import checkpoint as ckpt
 from iclf.engine.evaluate import autocast_context, chance_levels, evaluate_split
-from iclf.engine.optim import build_optimizer, build_param_groups
+from iclf.engine.optim import (build_optimizer, build_param_groups,
+                               build_reference_param_groups)
 from iclf.engine.reporting import ConsoleReporter, JsonlReporter, Reporter, Reporters
 from iclf.engine.schedule import warmup_cosine_factor
 from iclf.engine.seed import get_rng_state, seed_everything, set_rng_state
@@ -92,9 +93,10 @@ def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     cfg = dataclasses.replace(cfg)
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     cfg.data = dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve()))
-    if cfg.model.pretrained is not None:
-        cfg.model = dataclasses.replace(
-            cfg.model, pretrained=str(Path(cfg.model.pretrained).expanduser().resolve()))
+    for key in ("pretrained", "init_from"):
+        if getattr(cfg.model, key) is not None:
+            cfg.model = dataclasses.replace(
+                cfg.model, **{key: str(Path(getattr(cfg.model, key)).expanduser().resolve())})
     return cfg
 
 
@@ -135,13 +137,19 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
                             targets={"vision": list(lo.targets.vision), "text": list(lo.targets.text)},
                             train_norms=lo.train_norms, train_proj=lo.train_proj)
     w = cfg.losses.weights
-    return build_iclf_model(
+    model = build_iclf_model(
         backbone_name=cfg.model.backbone, pretrained=cfg.model.pretrained,
         image_size=tuple(cfg.model.image_size), num_classes=num_classes,
         fusion_style=cfg.fusion.style, fusion_depth=cfg.fusion.depth, fusion_heads=cfg.fusion.heads,
         lora=lora, need_mlm=w.mlm > 0, need_itm=w.itm > 0, need_id=w.id > 0,
         temp_init=cfg.model.temp_init, pos_interp=cfg.model.pos_interp, stride=cfg.model.stride,
         act=cfg.model.act)
+    if cfg.model.init_from is not None:  # a published IRRA/ICLF best.pth, every weight from it
+        from iclf.models.reference import load_reference_state_dict, read_reference_checkpoint
+
+        state = read_reference_checkpoint(cfg.model.init_from)
+        load_reference_state_dict(model, state, cfg.model.init_from)
+    return model
 
 
 def build_objective(cfg: ExperimentConfig):
@@ -153,15 +161,28 @@ def build_objective(cfg: ExperimentConfig):
                      mask_global_text=cfg.data.masking.mask_global_text)
 
 
-def build_optimizer_for(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def param_groups_for(cfg: ExperimentConfig, model: torch.nn.Module) -> list[dict]:
+    """The optimiser's parameter groups under ``optim.groups`` (reference name rule or by module)."""
     from iclf.models.lora import adapter_parameters
 
     o = cfg.optim
-    groups = build_param_groups(
+    if o.groups == "reference":
+        from iclf.models.reference import reference_name
+
+        return build_reference_param_groups(
+            model.named_parameters(), reference_name, lr=o.lr, weight_decay=o.weight_decay,
+            lr_factor_new=o.lr_factor_new, lr_factor_bias=o.lr_factor_bias,
+            weight_decay_bias=o.weight_decay_bias)
+    return build_param_groups(
         backbone=model.backbone, new_modules=model.new_modules(), temp=model.temp,
         adapters=adapter_parameters(model.backbone), lr=o.lr, weight_decay=o.weight_decay,
         lr_factor_new=o.lr_factor_new, lr_factor_bias=o.lr_factor_bias,
         lr_factor_adapter=o.lr_factor_adapter, weight_decay_bias=o.weight_decay_bias)
+
+
+def build_optimizer_for(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = param_groups_for(cfg, model)
     return build_optimizer(groups, name=o.name, lr=o.lr, eps=o.eps, betas=tuple(o.betas),
                            weight_decay=o.weight_decay)
 
@@ -401,29 +422,30 @@ def _final_result(model, data, state, eval_kwargs, ckpt_dir, run_dir, paper, tra
                        paper_protocol=paper, chance=chance)
 
 
-def evaluate_run(run_dir: str | Path, *, which: str = "best", split: str = "test",
-                 device: str | None = None) -> dict[str, float]:
-    """Rebuild a finished run from its ``configs.yaml`` and evaluate a checkpoint on a split."""
-    from iclf.config import load_config
+def evaluate_run(run: str | Path, *, which: str = "best", split: str = "test",
+                 device: str | None = None, root_dir: str | None = None) -> dict[str, float]:
+    """Rebuild a run from its config and evaluate a checkpoint on a split.
+
+    ``run`` is a run directory (its ``configs.yaml``) or the config file itself: one that
+    ``iclf train`` wrote (weights in ``checkpoint/``) or a published IRRA/ICLF one (``best.pth``),
+    see :mod:`iclf.engine.runs`. ``root_dir`` replaces the config's data root.
+    """
     from iclf.data.transforms import build_test_transform
+    from iclf.engine.runs import open_run
     from iclf.tokenizer import Tokenizer
 
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "configs.yaml")
+    run = Path(run)
+    opened = open_run(run / "configs.yaml" if run.is_dir() else run, which=which,
+                      root_dir=root_dir)  # refuses a non-run config before any data is touched
+    cfg = opened.config
     if device is not None:
         cfg = dataclasses.replace(cfg, device=device)
     dev = resolve_device(cfg.device)
     data = prepare_data(cfg)
     seed_everything(cfg.seed, cfg.training.deterministic)
-    model = build_model(cfg, num_classes=data.num_train_ids).to(dev)
-    ckpt_dir = run_dir / "checkpoint"
-    if which == "best":
-        weights_file = ckpt_dir / ckpt.BEST_FILE
-        weights = ckpt.load(weights_file)
-    else:
-        weights_file = ckpt_dir / ckpt.STATE_FILE
-        weights = ckpt.load(weights_file)["model"]
-    ckpt.load_trainable_state_dict(model, weights, weights_file)
+    model = build_model(cfg, num_classes=data.num_train_ids)
+    opened.load_weights(model)
+    model = model.to(dev)
     bf16 = cfg.training.precision == "bf16" or (cfg.training.precision == "auto"
                                                and dev.type == "cuda")
     eval_set = data.test if split == "test" else data.val
