@@ -143,3 +143,16 @@ def test_model_act_reaches_the_backbone_and_is_checked(tmp_path, capsys):
     assert main(["train", str(path), "model.act=foo", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.act: 'foo' is not one of 'quick_gelu', 'gelu'" in err[0]
+
+
+def test_adam_eps_is_a_deliberate_choice_per_preset_and_searched():
+    # iclf_release keeps IRRA's 1e-3 (faithful); iclf (LoRA, fp32 masters) uses 1e-8; the joint
+    # search space includes eps
+    assert load_config(ROOT / "experiments" / "iclf_release_cuhk.yaml").optim.eps == 1e-3
+    assert load_config(ROOT / "experiments" / "irra_cuhk.yaml").optim.eps == 1e-3
+    iclf = load_config(ROOT / "experiments" / "iclf_cuhk.yaml")
+    assert iclf.optim.eps == 1e-8 and iclf.lora.rank > 0
+    space = yaml.safe_load((ROOT / "ablations" / "joint.yaml").read_text())["space"]
+    assert "optim.eps" in space
+    assert "released ICLF" not in (ROOT / "ablations" / "lora_rank.yaml").read_text().split(
+        "not the released ICLF")[0]
