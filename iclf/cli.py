@@ -195,10 +195,8 @@ def format_param_groups(cfg, source: str = "") -> str:
     from iclf.engine.trainer import build_model, param_groups_for
     from iclf.models.reference import reference_name
 
-    bare = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None,
-                                                              build_pretrained=False))
-    if hasattr(bare.model, "init_from"):
-        bare.model = dataclasses.replace(bare.model, init_from=None)
+    bare = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, pretrained=None, build_pretrained=False, init_from=None))
     with torch.device("meta"):
         model = build_model(bare, num_classes=1)
     rows = param_table(model.named_parameters(), param_groups_for(bare, model))

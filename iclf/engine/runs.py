@@ -129,6 +129,9 @@ def irra_args_to_config(args: Mapping[str, Any], *, source: str, backbone: str,
                              "random_erasing": bool(args.get("img_aug", False))},
                  "sampler": "identity" if args.get("sampler") == "identity" else "random"},
         "evaluation": {"paper_protocol": args.get("val_dataset", "test") == "test"},
+        # IRRA ran fp16 weights (fp32 LayerNorms), ICLF fp32: evaluate in fp32, not under bf16
+        # autocast, whose 8-bit mantissa is coarser than either
+        "training": {"precision": "fp32"},
     }
     if args["dataset_name"] == "ICFG-PEDES":
         over["data"]["val_fraction"] = 0.0  # IRRA has no ICFG val split
