@@ -203,9 +203,7 @@ def open_run(config_file: str | Path, *, which: str = "best",
 
         return OpenedRun(cfg, "irra", weights_file, load_irra)
 
-    from iclf.config import ExperimentConfig as _Cfg
-
-    known = {f.name for f in dataclasses.fields(_Cfg)} | {"base"}
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)} | {"base"}
     if not data or not set(data) <= known:
         odd = sorted(set(data) - known)[:4]
         raise ConfigError(
