@@ -53,50 +53,67 @@ def experiments_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "experiments"
 
 
-def legacy_to_overrides(argv: Sequence[str]) -> tuple[list[str], str | None]:
-    """Map the seed README's training flags onto config overrides. Unknown flags are errors."""
+class _OneLineParser(argparse.ArgumentParser):
+    """Parses ``key=value`` overrides before and after the flags (intermixed), and reports a parse
+    error as a :class:`UsageError` (one line, exit 2) instead of printing the usage."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            parsed, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+        if extras:
+            flag = next((e for e in extras if e.startswith("-")), extras[0])
+            raise UsageError(f"unknown flag {flag!r} (known: {_known_flags()})"
+                             if flag.startswith("-") else f"unexpected argument {flag!r}")
+        return parsed, extras
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise UsageError(message)
+
+
+def _legacy_dest(flag: str) -> str:
+    return "legacy_" + flag.lstrip("-").lower()
+
+
+def _known_flags() -> str:
+    return ", ".join(sorted([*LEGACY_FLAGS, "--loss_names", *LEGACY_SWITCHES, "--resume",
+                             "--dry-run", "--show-param-groups", "--no-progress"]))
+
+
+def add_legacy_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The seed README's training flags as argparse options (dest ``legacy_<flag>``)."""
+    for flag, (key, typ) in LEGACY_FLAGS.items():
+        parser.add_argument(flag, dest=_legacy_dest(flag), type=typ, default=None,
+                            metavar=typ.__name__.upper(), help=f"= {key}")
+    parser.add_argument("--loss_names", dest="legacy_loss_names", default=None, metavar="A+B+...",
+                        help="the losses on, weight 1 each (itc, sdm, mlm, itm, id); the others 0")
+    parser.add_argument("--img_aug", dest="legacy_img_aug", action="store_true",
+                        help="flip, pad-and-crop and random erasing on")
+    parser.add_argument("--MLM", dest="legacy_mlm", action="store_true", help="the MLM loss on")
+
+
+def legacy_overrides(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """Config overrides from the parsed README flags, and the dataset they name (if any)."""
     overrides: list[str] = []
-    dataset = None
-    loss_names = None
-    mlm_flag = False
-    i = 0
-    argv = list(argv)
-    while i < len(argv):
-        arg = argv[i]
-        flag, eq, inline = arg.partition("=")
-        if flag in LEGACY_SWITCHES:
-            if flag == "--img_aug":
-                overrides += ["data.augment.flip=true", "data.augment.pad_crop=true",
-                              "data.augment.random_erasing=true"]
-            else:
-                mlm_flag = True
-            i += 1
-            continue
-        if flag == "--loss_names" or flag in LEGACY_FLAGS:
-            if eq:
-                value = inline
-                i += 1
-            else:
-                if i + 1 >= len(argv):
-                    raise UsageError(f"{flag} needs a value")
-                value = argv[i + 1]
-                i += 2
-            if flag == "--loss_names":
-                loss_names = [n.strip() for n in value.strip("'\"").split("+") if n.strip()]
-                continue
-            key, typ = LEGACY_FLAGS[flag]
-            try:
-                typ(value)
-            except ValueError:
-                raise UsageError(f"{flag}: expected {typ.__name__}, got {value!r}") from None
-            if key == "data.dataset":
-                dataset = value
-            overrides.append(f"{key}={value}" if typ is not str else f"{key}={_yaml_str(value)}")
-            continue
-        raise UsageError(f"unknown flag {arg!r} (known: {', '.join(sorted([*LEGACY_FLAGS, '--loss_names', *LEGACY_SWITCHES]))})")
-    if loss_names is not None:
+    for flag, (key, typ) in LEGACY_FLAGS.items():
+        value = getattr(args, _legacy_dest(flag), None)
+        if value is not None:
+            overrides.append(f"{key}={_yaml_str(value)}" if typ is str else f"{key}={value!r}")
+    if getattr(args, "legacy_img_aug", False):
+        overrides += ["data.augment.flip=true", "data.augment.pad_crop=true",
+                      "data.augment.random_erasing=true"]
+    loss_value = getattr(args, "legacy_loss_names", None)
+    mlm_flag = getattr(args, "legacy_mlm", False)
+    if loss_value is not None:
         from iclf.config import LOSS_NAMES
 
+        loss_names = [n.strip() for n in loss_value.strip("'\"").split("+") if n.strip()]
         unknown = [n for n in loss_names if n not in LOSS_NAMES]
         if unknown:
             raise UsageError(f"--loss_names: unknown loss {unknown[0]!r} (known: {'+'.join(LOSS_NAMES)})")
@@ -106,7 +123,14 @@ def legacy_to_overrides(argv: Sequence[str]) -> tuple[list[str], str | None]:
             raise UsageError("--MLM is set but 'mlm' is not in --loss_names")
     elif mlm_flag:
         overrides.append("losses.weights.mlm=1.0")
-    return overrides, dataset
+    return overrides, getattr(args, _legacy_dest("--dataset_name"), None)
+
+
+def legacy_to_overrides(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """Map the seed README's training flags onto config overrides. Unknown flags are errors."""
+    parser = _OneLineParser(prog="iclf train", add_help=False, allow_abbrev=False)
+    add_legacy_flags(parser)
+    return legacy_overrides(parser.parse_args(list(argv)))
 
 
 def _yaml_str(value: str) -> str:
@@ -122,26 +146,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from iclf.config import load_config
 
     config_file = args.config
-    extra = list(args.rest)
-    if config_file is not None and config_file.startswith("--"):
-        extra.insert(0, config_file)
+    overrides = list(args.overrides)
+    if config_file is not None and "=" in config_file and not Path(config_file).is_file():
+        overrides.insert(0, config_file)  # `iclf train --name x lora.rank=4`: no experiment file
         config_file = None
-    # argparse's REMAINDER keeps our own flags when they come after the overrides: take them out.
-    if "--no-progress" in extra:
-        extra.remove("--no-progress")
-        args.no_progress = True
-    if "--dry-run" in extra:
-        extra.remove("--dry-run")
-        args.dry_run = True
-    if "--resume" in extra:
-        i = extra.index("--resume")
-        if i + 1 >= len(extra):
-            raise UsageError("--resume needs a checkpoint directory")
-        args.resume = extra[i + 1]
-        del extra[i:i + 2]
-    kv = [a for a in extra if not a.startswith("--") and "=" in a]
-    flags = [a for a in extra if a not in kv]
-    legacy, dataset = legacy_to_overrides(flags)
+    legacy, dataset = legacy_overrides(args)
     if config_file is None:
         if not legacy:
             raise UsageError("give an experiment file, e.g. iclf train experiments/synthetic.yaml")
@@ -150,7 +159,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--dataset_name: unknown dataset {dataset!r} "
                              f"(known: {', '.join(LEGACY_DEFAULT_EXPERIMENT)})")
         config_file = str(experiments_dir() / name)
-    cfg = load_config(config_file, legacy + kv)
+    cfg = load_config(config_file, legacy + overrides)
+    if args.show_param_groups:
+        print(format_param_groups(cfg, source=config_file))
+        return 0
     if args.dry_run:
         from iclf.config import to_dict
         import yaml
@@ -167,6 +179,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_param_groups(cfg, source: str = "") -> str:
+    """The lr / weight-decay table of every trainable parameter of the model ``cfg`` builds.
+
+    The model is built on the meta device (no weights are read, nothing is allocated), with the ID
+    classifier sized 1 (its rows depend on the data, not its lr). Rows whose names differ only in a
+    layer index and that share lr and weight decay are shown once, with the indices: ``{0-11}``.
+    """
+    import dataclasses
+    import re
+
+    import torch
+
+    from iclf.engine.optim import param_table
+    from iclf.engine.trainer import build_model, param_groups_for
+    from iclf.models.reference import reference_name
+
+    bare = dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, pretrained=None, build_pretrained=False, init_from=None))
+    with torch.device("meta"):
+        model = build_model(bare, num_classes=1)
+    rows = param_table(model.named_parameters(), param_groups_for(bare, model))
+    show_ref = cfg.optim.groups == "reference"
+
+    def pattern(name: str) -> tuple[str, tuple[int, ...]]:
+        idx = tuple(int(m) for m in re.findall(r"\.(\d+)\.", name))
+        return re.sub(r"\.(\d+)\.", ".{}.", name), idx
+
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        pat, idx = pattern(row["name"])
+        ref = reference_name(row["name"]) or "-"
+        ref_pat, _ = pattern(ref)
+        key = (pat, ref_pat if show_ref else "", row["lr"], row["weight_decay"], row["group"])
+        entry = merged.setdefault(key, {"indices": [], "numel": 0, "tensors": 0})
+        entry["indices"].append(idx)
+        entry["numel"] += row["numel"]
+        entry["tensors"] += 1
+
+    def fill(pat: str, indices: list[tuple[int, ...]]) -> str:
+        for slot in range(pat.count("{}")):
+            values = sorted({i[slot] for i in indices})
+            text = (f"{values[0]}-{values[-1]}" if len(values) > 2
+                    and values == list(range(values[0], values[-1] + 1))
+                    else ",".join(map(str, values)))
+            pat = pat.replace("{}", "{" + text + "}" if len(values) > 1 else text, 1)
+        return pat
+
+    table = []
+    for (pat, ref_pat, lr, wd, group), entry in merged.items():
+        table.append((fill(pat, entry["indices"]), fill(ref_pat, entry["indices"]) if show_ref
+                      else "", f"{lr:.3g}", f"{wd:.3g}", group, str(entry["tensors"])))
+    heads = ("parameter", "reference name" if show_ref else "", "lr", "weight_decay", "group",
+             "tensors")
+    widths = [max(len(r[i]) for r in [heads, *table]) for i in range(len(heads))]
+    keep = [i for i in range(len(heads)) if widths[i]]
+
+    def line(r) -> str:
+        return "  ".join(r[i].ljust(widths[i]) for i in keep).rstrip()
+
+    o = cfg.optim
+    out = [f"# {source or cfg.name}: optim.groups={o.groups}, {o.name} lr {o.lr:g}, "
+           f"weight_decay {o.weight_decay:g}, lr_factor_new {o.lr_factor_new:g}, lr_factor_bias "
+           f"{o.lr_factor_bias:g}, lr_factor_adapter {o.lr_factor_adapter:g}, weight_decay_bias "
+           f"{o.weight_decay_bias:g}, eps {o.eps:g}",
+           line(heads), line(tuple("-" * w for w in widths))]
+    out += [line(r) for r in table]
+    totals: dict[str, list] = {}
+    for row in rows:
+        t = totals.setdefault(row["group"], [row["lr"], row["weight_decay"], 0, 0])
+        t[2] += 1
+        t[3] += row["numel"]
+    out.append("")
+    out.append(f"# {len(rows)} trainable tensors in {len(totals)} groups (the ID classifier counted "
+               "with 1 row):")
+    for group, (lr, wd, n, numel) in totals.items():
+        out.append(f"#   {group:<40} lr {lr:<8.3g} weight_decay {wd:<8.3g} {n:>4} tensors "
+                   f"{numel:>12,} values")
+    return "\n".join(out)
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     import json
 
@@ -174,13 +266,21 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     config_file = Path(args.config_file)
     if not config_file.is_file():
-        raise UsageError(f"{config_file}: no such file (give RUN_DIR/configs.yaml of a training run)")
-    run_dir = config_file.parent
-    metrics = evaluate_run(run_dir, which=args.checkpoint, split=args.split, device=args.device)
+        raise UsageError(f"{config_file}: no such file (give RUN_DIR/configs.yaml of a training run, "
+                         "or of an IRRA/ICLF run directory)")
+    metrics = evaluate_run(config_file, which=args.checkpoint, split=args.split, device=args.device,
+                           root_dir=args.root_dir)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
-        print(f"[iclf] {args.split} metrics of the {args.checkpoint} checkpoint of {run_dir}:")
+        from iclf.engine.runs import irra_preset, is_irra_args, read_run_yaml
+
+        data = read_run_yaml(config_file)
+        if is_irra_args(data):
+            print(f"[iclf] {config_file}: an IRRA/ICLF run directory (loss_names "
+                  f"{data['loss_names']}), evaluated as the {irra_preset(data)} preset with "
+                  f"{config_file.parent / 'best.pth'}")
+        print(f"[iclf] {args.split} metrics of the {args.checkpoint} checkpoint of {config_file}:")
         print("  " + "  ".join(f"{k} {v:6.2f}" for k, v in metrics.items()))
     return 0
 
@@ -191,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
-        "train", help="train one run from an experiment file",
+        "train", help="train one run from an experiment file", allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train one run. CONFIG is a YAML file from experiments/; key=value pairs override "
                     "it (dotted keys, YAML values), e.g.\n"
@@ -199,19 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "The seed README's flags work too, e.g.\n"
                     "  iclf train --name iclf --img_aug --batch_size 64 --MLM "
                     "--loss_names 'itc+mlm+itm+id' --dataset_name CUHK-PEDES --root_dir DIR "
-                    "--num_epoch 60")
+                    "--num_epoch 60\n"
+                    "Check a config's learning rates before a long run:\n"
+                    "  iclf train experiments/iclf_release_cuhk.yaml --dry-run --show-param-groups")
+    p.__class__ = _OneLineParser  # the subparsers object decides the class; only parsing differs
     p.add_argument("config", nargs="?", help="experiment YAML file")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="key=value overrides or README flags")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--resume", metavar="CHECKPOINT_DIR", default=None,
                    help="continue from RUN_DIR/checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--show-param-groups", action="store_true",
+                   help="print every trainable parameter's lr and weight decay (and, with "
+                        "optim.groups=reference, its name in the IRRA/ICLF model) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_legacy_flags(p.add_argument_group("the research code's flags (IRRA/ICLF README)"))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="evaluate a trained run's checkpoint",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Rebuild a run from its configs.yaml and evaluate its selected "
-                                   "checkpoint (or the last one) on the test split.")
-    p.add_argument("--config_file", required=True, help="RUN_DIR/configs.yaml")
+                                   "checkpoint (or the last one) on the test split.\n"
+                                   "CONFIG is what iclf train wrote (RUN_DIR/configs.yaml, weights in "
+                                   "RUN_DIR/checkpoint/), or the configs.yaml of a published IRRA/ICLF "
+                                   "run directory (weights in best.pth beside it), e.g.\n"
+                                   "  iclf test --config_file irra_cuhk/configs.yaml --root_dir data")
+    p.add_argument("--config_file", required=True, metavar="CONFIG",
+                   help="RUN_DIR/configs.yaml (iclf's or IRRA's/ICLF's)")
+    p.add_argument("--root_dir", default=None, metavar="DIR",
+                   help="the data root (replaces the config's data.root / IRRA's root_dir)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--device", default=None, help="override the run's device (cpu, cuda, auto)")
@@ -242,14 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train" and not {"-h", "--help"} & set(argv[1:]):
-        # The seed README's flags (--name iclf ...) are not argparse options of ours: split by hand.
-        rest = argv[1:]
-        config = rest.pop(0) if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
-        args = argparse.Namespace(command="train", func=cmd_train, config=config, rest=rest,
-                                  resume=None, dry_run=False, no_progress=False)
-    else:
+    try:
         args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -57,9 +57,15 @@ class ModelConfig:
     pretrained: str | None = None
     # Synthetic default only: pretrain the tiny backbone into `pretrained` when that file is missing.
     build_pretrained: bool = False
+    # A published IRRA/ICLF checkpoint (best.pth) to start from: every weight of the model (backbone,
+    # fusion, heads) is loaded from it through a strict key mapping (iclf/models/reference.py).
+    init_from: str | None = None
     image_size: tuple[int, int] = (384, 128)
     stride: int | None = None
     pos_interp: Literal["bilinear", "bicubic"] = "bilinear"
+    # The backbone's MLP activation: quick_gelu for OpenAI's CLIP weights, gelu for every other
+    # open_clip ViT-B-16 checkpoint (the file does not record it; see README "Pretrained weights").
+    act: Literal["quick_gelu", "gelu"] = "quick_gelu"
     temp_init: float = 0.07
 
 
@@ -170,6 +176,10 @@ class OptimConfig:
     lr_factor_bias: float = 2.0
     lr_factor_adapter: float = 1.0
     weight_decay_bias: float = 0.0
+    # How each parameter gets its lr and weight decay (iclf/engine/optim.py): "reference" applies
+    # IRRA's name rule to the parameter's name in the IRRA/ICLF model (faithful presets; needs full
+    # fine-tuning and the irra fusion style); "module" goes by module (backbone / new / adapters).
+    groups: Literal["reference", "module"] = "module"
 
 
 @dataclass
@@ -240,6 +250,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(m.temp_init > 0, "model.temp_init", "must be > 0")
     _check(not m.build_pretrained or m.pretrained is not None, "model.build_pretrained",
            "needs model.pretrained (the file to build)")
+    _check(m.init_from is None or m.pretrained is None, "model.init_from",
+           "the IRRA/ICLF checkpoint holds every backbone weight, so model.pretrained would go "
+           "unused: set model.pretrained=null")
     lo = cfg.lora if cfg.lora is not None else LoraConfig(rank=0)
     _check(lo.rank >= 0, "lora.rank", "must be >= 0 (0 = full fine-tuning)")
     _check(lo.alpha > 0, "lora.alpha", "must be > 0")
@@ -286,6 +299,14 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(all(0 <= b < 1 for b in o.betas), "optim.betas", "must be in [0, 1)")
     for k in ("lr_factor_new", "lr_factor_bias", "lr_factor_adapter"):
         _check(getattr(o, k) > 0, f"optim.{k}", "must be > 0")
+    if o.groups == "reference":
+        _check(lo.rank == 0, "optim.groups",
+               "'reference' applies IRRA's rule to the reference model's parameter names, which has "
+               "no LoRA adapters; use optim.groups=module with lora.rank > 0")
+        fusion_built = fu.depth > 0 and (w.mlm > 0 or w.itm > 0)
+        _check(not fusion_built or fu.style == "irra", "optim.groups",
+               f"'reference' applies IRRA's rule to the reference model's parameter names, which has "
+               f"no {fu.style!r} fusion module; use optim.groups=module with fusion.style={fu.style}")
     s = cfg.schedule
     _check(s.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0")
     _check(0 < s.warmup_factor <= 1, "schedule.warmup_factor", "must be in (0, 1]")
@@ -492,15 +513,24 @@ def read_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     return data
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read an experiment mapping, following ``base:`` (a path relative to the file) recursively."""
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment mapping, following ``base:`` (a path relative to the file) recursively.
+
+    A ``base:`` chain that comes back to a file already on it (``a.yaml`` naming itself, or
+    a -> b -> a) is a ConfigError naming every file of the loop.
+    """
     path = Path(path)
+    key = path.resolve()
+    if key in _chain:
+        loop = [*_chain[_chain.index(key):], key]
+        raise ConfigError(f"the base: chain loops: {' -> '.join(str(p) for p in loop)}",
+                          source=str(loop[0]))
     data = read_mapping(path)
     base = data.pop("base", None)
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError("expected a file name", key="base", source=str(path))
-        data = deep_merge(read_yaml(path.parent / base), data)
+        data = deep_merge(read_yaml(path.parent / base, (*_chain, key)), data)
     return data
 
 

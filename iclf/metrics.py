@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from iclf.precision import fp32_region
+
 #: CMC cut-offs reported as "R1", "R5", "R10".
 RANKS: tuple[int, ...] = (1, 5, 10)
 DEFAULT_CHUNK_SIZE = 256
@@ -203,13 +205,19 @@ def evaluate_features(
         )
     _check_pids((text_feats.shape[0], image_feats.shape[0]), text_pids, image_pids)
     _check_chunk_size(chunk_size)
-    gallery = F.normalize(image_feats.float(), dim=-1)
-    device = gallery.device
+    device = image_feats.device
     text_pids = text_pids.to(device, torch.long)
     acc = _Accumulator(image_pids.to(device, torch.long))
     acc.gallery.locate(text_pids)
     for start in range(0, text_feats.shape[0], chunk_size):
         stop = start + chunk_size
-        queries = F.normalize(text_feats[start:stop].to(device).float(), dim=-1)
-        acc.add(queries @ gallery.t(), text_pids[start:stop], start)
+        sim = cosine_similarity(text_feats[start:stop].to(device), image_feats)
+        acc.add(sim, text_pids[start:stop], start)
     return acc.result()
+
+
+def cosine_similarity(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+    """``[Q, D]`` x ``[G, D]`` -> ``[Q, G]`` cosine similarities of the L2-normalised rows, in fp32,
+    also when called under autocast (:mod:`iclf.precision`)."""
+    with fp32_region(queries):
+        return F.normalize(queries.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).t()

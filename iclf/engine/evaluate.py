@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from iclf.metrics import evaluate_features, retrieval_metrics
+from iclf.precision import fp32_region
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -30,7 +31,11 @@ def autocast_context(device: torch.device, bf16: bool):
 def extract_features(model: torch.nn.Module, eval_set: Any, *, transform: Any, tokenizer: Any,
                      batch_size: int, device: torch.device, bf16: bool = False,
                      num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-normalised global text and image features of an evaluation split, batched, in eval mode."""
+    """L2-normalised global text and image features of an evaluation split, batched, in eval mode.
+
+    The encoders run under bf16 autocast when ``bf16`` is set (on CUDA); the features are cast to fp32
+    and normalised outside it, and the similarity (:func:`iclf.metrics.cosine_similarity`) is fp32.
+    """
     from iclf.data.datasets import ImageSet, TextSet
 
     was_training = model.training
@@ -48,8 +53,9 @@ def extract_features(model: torch.nn.Module, eval_set: Any, *, transform: Any, t
             for batch in text_loader:
                 ids = batch["caption_ids"].to(device, non_blocking=True)
                 text_feats.append(model.backbone.encode_text(ids).float().cpu())
-        img = torch.nn.functional.normalize(torch.cat(image_feats), dim=-1)
-        txt = torch.nn.functional.normalize(torch.cat(text_feats), dim=-1)
+        with fp32_region():  # the features are on the CPU by now
+            img = torch.nn.functional.normalize(torch.cat(image_feats).float(), dim=-1)
+            txt = torch.nn.functional.normalize(torch.cat(text_feats).float(), dim=-1)
         return txt, img
     finally:
         model.train(was_training)
@@ -72,35 +78,35 @@ def chance_levels(query_pids: Any, gallery_pids: Any, seed: int = 0) -> dict[str
     return retrieval_metrics(sim, q, g)
 
 
-def evaluate_run(run_dir: str | Path, *, which: str = "best", split: str = "test",
-                 device: str | None = None) -> dict[str, float]:
-    """Rebuild a finished run from its ``configs.yaml`` and evaluate a checkpoint (``best``: the
-    selected one; ``last``) on a split."""
-    from iclf.config import load_config
+def evaluate_run(run: str | Path, *, which: str = "best", split: str = "test",
+                 device: str | None = None, root_dir: str | None = None) -> dict[str, float]:
+    """Rebuild a run from its config and evaluate a checkpoint (``best``: the selected one;
+    ``last``) on a split.
+
+    ``run`` is a run directory (its ``configs.yaml``) or the config file itself: one that
+    ``iclf train`` wrote (weights in ``checkpoint/``) or a published IRRA/ICLF one (``best.pth``),
+    see :mod:`iclf.engine.runs`. ``root_dir`` replaces the config's data root.
+    """
     from iclf.data.transforms import build_test_transform
-    from iclf.engine import checkpoint as ckpt
+    from iclf.engine.runs import open_run
     from iclf.engine.seed import seed_everything
     # the builders live with the loop that uses them; imported here, not at the top (trainer
     # imports this module)
     from iclf.engine.trainer import build_model, prepare_data, resolve_device
     from iclf.tokenizer import Tokenizer
 
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "configs.yaml")
+    run = Path(run)
+    opened = open_run(run / "configs.yaml" if run.is_dir() else run, which=which,
+                      root_dir=root_dir)  # refuses a non-run config before any data is touched
+    cfg = opened.config
     if device is not None:
         cfg = dataclasses.replace(cfg, device=device)
     dev = resolve_device(cfg.device)
     data = prepare_data(cfg)
     seed_everything(cfg.seed, cfg.training.deterministic)
-    model = build_model(cfg, num_classes=data.num_train_ids).to(dev)
-    ckpt_dir = run_dir / "checkpoint"
-    if which == "best":
-        weights_file = ckpt_dir / ckpt.BEST_FILE
-        weights = ckpt.load(weights_file)
-    else:
-        weights_file = ckpt_dir / ckpt.STATE_FILE
-        weights = ckpt.load(weights_file)["model"]
-    ckpt.load_trainable_state_dict(model, weights, weights_file)
+    model = build_model(cfg, num_classes=data.num_train_ids)
+    opened.load_weights(model)
+    model = model.to(dev)
     eval_set = data.test if split == "test" else data.val
     return evaluate_split(model, eval_set, transform=build_test_transform(tuple(cfg.model.image_size)),
                           tokenizer=Tokenizer(), batch_size=cfg.evaluation.batch_size, device=dev,

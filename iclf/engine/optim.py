@@ -1,6 +1,30 @@
-"""Optimiser parameter groups from explicit module handles (method.md 3.2), never from name substrings.
+"""Optimiser parameter groups (method.md 3.2): the reference's name rule, or groups by module.
 
-Groups (base lr ``lr``, weight decay ``wd``):
+``optim.groups: reference`` (the ``irra`` and ``iclf_release`` presets) reproduces IRRA's
+``solver/build.py``, shared by the released ICLF. It looks at each parameter's name *in the reference
+model* (:func:`iclf.models.reference.reference_name`: ``base_model.visual...``, ``cross_attn...``,
+``cross_modal_transformer...``, ``ln_pre_t``, ``mlm_head...``, ``itm_head.0...``, ``classifier...``,
+``temp``) and applies these rules in order, a later one overriding an earlier one:
+
+====================================  ===========================  ==============
+reference name contains               lr                           weight decay
+====================================  ===========================  ==============
+(every parameter)                     lr                           wd
+"cross"                               lr * lr_factor_new           (unchanged)
+"bias"                                lr * lr_factor_bias          wd_bias
+"classifier" or "mlm_head"            lr * lr_factor_new           (unchanged)
+====================================  ===========================  ==============
+
+With the faithful values (lr 1e-5, lr_factor_new 5, lr_factor_bias 2, wd 4e-5, wd_bias 0) that is:
+CLIP backbone 1e-5 (biases 2e-5, no decay); cross-former weights 5e-5 but its biases 2e-5 without
+decay (rule 2 comes after rule 1); MLM head and ID classifier 5e-5, biases included (rule 3 comes
+last; biases keep no decay); ``ln_pre_t`` / ``ln_pre_i`` / ``ln_post`` weights, the ITM head's
+weights and ``temp``: 1e-5 with decay 4e-5, because their names hold none of the keywords (the
+ITM head's and those LayerNorms' biases: 2e-5, no decay). The reference names exist only for the
+reference architecture, so this rule needs full fine-tuning and the ``irra`` fusion style.
+
+``optim.groups: module`` (the ``iclf`` preset and anything with LoRA or another fusion style) goes by
+explicit module handles instead of names:
 
 =============  ===========================  ==============
 group          lr                           weight decay
@@ -13,16 +37,15 @@ adapters       lr * lr_factor_adapter       wd
 temp           lr                           0
 =============  ===========================  ==============
 
-With the faithful defaults (lr 1e-5, factors 5 and 2, wd 4e-5, bias wd 0) the backbone trains at 1e-5,
-its biases at 2e-5 without decay, and the fusion module, MLM head and ID classifier at 5e-5 (biases
-without decay), as in the published code. One deliberate difference: the published code gives the ITM
-head and the fusion LayerNorms the base lr only because their *names* miss the keywords; here every
-new module gets the new-module factor. ``temp`` keeps the base lr, without weight decay.
+"new" is every module outside the backbone (fusion, MLM head, ITM head, ID classifier): all of them,
+LayerNorms and biases included, train at the new-module rate. This differs from the reference for
+the fusion biases (reference 2e-5), the fusion's input/output LayerNorm weights and the ITM head
+(reference 1e-5), and for ``temp``'s weight decay (reference 4e-5).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -80,3 +103,65 @@ def build_optimizer(groups: list[dict], *, name: str, lr: float, eps: float,
     """Adam (L2 coupled into the gradient, as the published code) or AdamW (decoupled decay)."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
     return cls(groups, lr=lr, eps=eps, betas=betas, weight_decay=weight_decay)
+
+
+# (lr key, weight-decay key) of a parameter under the reference rule, and the multiplier names.
+_LR_KEYS = ("lr", "lr*lr_factor_new", "lr*lr_factor_bias")
+_WD_KEYS = ("weight_decay", "weight_decay_bias")
+
+
+def reference_rule(reference_name: str) -> tuple[str, str]:
+    """IRRA's ``solver/build.py`` rule on a reference parameter name -> (lr key, weight-decay key):
+    ``"lr"``, ``"lr*lr_factor_new"`` or ``"lr*lr_factor_bias"``; ``"weight_decay"`` or
+    ``"weight_decay_bias"``. Rules apply in order; a later one overrides an earlier one."""
+    lr_key, wd_key = "lr", "weight_decay"
+    if "cross" in reference_name:
+        lr_key = "lr*lr_factor_new"
+    if "bias" in reference_name:
+        lr_key, wd_key = "lr*lr_factor_bias", "weight_decay_bias"
+    if "classifier" in reference_name or "mlm_head" in reference_name:
+        lr_key = "lr*lr_factor_new"
+    return lr_key, wd_key
+
+
+def build_reference_param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]],
+                                 reference_name: Callable[[str], str | None], *, lr: float,
+                                 weight_decay: float, lr_factor_new: float, lr_factor_bias: float,
+                                 weight_decay_bias: float) -> list[dict]:
+    """Trainable parameters grouped by the reference rule on their reference names (module doc).
+
+    One group per (lr key, weight-decay key) pair, named ``"<lr key> | <wd key>"``, the base group
+    ``"lr | weight_decay"`` first. A trainable parameter without a reference name raises ValueError.
+    """
+    lr_values = {"lr": lr, "lr*lr_factor_new": lr * lr_factor_new,
+                 "lr*lr_factor_bias": lr * lr_factor_bias}
+    wd_values = {"weight_decay": weight_decay, "weight_decay_bias": weight_decay_bias}
+    groups: dict[tuple[str, str], dict] = {
+        (lk, wk): {"name": f"{lk} | {wk}", "lr": lr_values[lk], "weight_decay": wd_values[wk],
+                   "params": []} for lk in _LR_KEYS for wk in _WD_KEYS}
+    seen: set[int] = set()
+    for name, p in named_parameters:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        ref = reference_name(name)
+        if ref is None:
+            raise ValueError(f"optim.groups=reference: parameter {name} has no name in the reference "
+                             "model (LoRA adapters and non-irra fusion styles have none); use "
+                             "optim.groups=module")
+        seen.add(id(p))
+        groups[reference_rule(ref)]["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
+
+
+def param_table(named_parameters: Iterable[tuple[str, nn.Parameter]],
+                groups: list[dict]) -> list[dict]:
+    """One row per trainable parameter: ``name``, ``group``, ``lr``, ``weight_decay``, ``numel``,
+    in the model's parameter order (what ``iclf train --show-param-groups`` prints)."""
+    where = {id(p): g for g in groups for p in g["params"]}
+    rows = []
+    for name, p in named_parameters:
+        g = where.get(id(p))
+        if g is not None:
+            rows.append({"name": name, "group": g["name"], "lr": g["lr"],
+                         "weight_decay": g["weight_decay"], "numel": p.numel()})
+    return rows

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from iclf.config import ExperimentConfig, flatten, save_config, to_dict
 from iclf.engine import checkpoint as ckpt
 from iclf.engine.evaluate import autocast_context, chance_levels, evaluate_split, use_bf16
-from iclf.engine.optim import build_optimizer, build_param_groups
+from iclf.engine.optim import build_optimizer, build_param_groups, build_reference_param_groups
 from iclf.engine.reporting import ConsoleReporter, JsonlReporter, Reporter, Reporters
 from iclf.engine.schedule import warmup_cosine_factor
 from iclf.engine.seed import get_rng_state, seed_everything, set_rng_state
@@ -98,9 +98,10 @@ def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     cfg = dataclasses.replace(cfg)
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     cfg.data = dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve()))
-    if cfg.model.pretrained is not None:
-        cfg.model = dataclasses.replace(
-            cfg.model, pretrained=str(Path(cfg.model.pretrained).expanduser().resolve()))
+    for key in ("pretrained", "init_from"):
+        if getattr(cfg.model, key) is not None:
+            cfg.model = dataclasses.replace(
+                cfg.model, **{key: str(Path(getattr(cfg.model, key)).expanduser().resolve())})
     return cfg
 
 
@@ -141,12 +142,19 @@ def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
                             targets={"vision": list(lo.targets.vision), "text": list(lo.targets.text)},
                             train_norms=lo.train_norms, train_proj=lo.train_proj)
     w = cfg.losses.weights
-    return build_iclf_model(
+    model = build_iclf_model(
         backbone_name=cfg.model.backbone, pretrained=cfg.model.pretrained,
         image_size=tuple(cfg.model.image_size), num_classes=num_classes,
         fusion_style=cfg.fusion.style, fusion_depth=cfg.fusion.depth, fusion_heads=cfg.fusion.heads,
         lora=lora, need_mlm=w.mlm > 0, need_itm=w.itm > 0, need_id=w.id > 0,
-        temp_init=cfg.model.temp_init, pos_interp=cfg.model.pos_interp, stride=cfg.model.stride)
+        temp_init=cfg.model.temp_init, pos_interp=cfg.model.pos_interp, stride=cfg.model.stride,
+        act=cfg.model.act)
+    if cfg.model.init_from is not None:  # a published IRRA/ICLF best.pth, every weight from it
+        from iclf.models.reference import load_reference_state_dict, read_reference_checkpoint
+
+        state = read_reference_checkpoint(cfg.model.init_from)
+        load_reference_state_dict(model, state, cfg.model.init_from)
+    return model
 
 
 def build_objective(cfg: ExperimentConfig):
@@ -158,15 +166,28 @@ def build_objective(cfg: ExperimentConfig):
                      mask_global_text=cfg.data.masking.mask_global_text)
 
 
-def build_optimizer_for(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def param_groups_for(cfg: ExperimentConfig, model: torch.nn.Module) -> list[dict]:
+    """The optimiser's parameter groups under ``optim.groups`` (reference name rule or by module)."""
     from iclf.models.lora import adapter_parameters
 
     o = cfg.optim
-    groups = build_param_groups(
+    if o.groups == "reference":
+        from iclf.models.reference import reference_name
+
+        return build_reference_param_groups(
+            model.named_parameters(), reference_name, lr=o.lr, weight_decay=o.weight_decay,
+            lr_factor_new=o.lr_factor_new, lr_factor_bias=o.lr_factor_bias,
+            weight_decay_bias=o.weight_decay_bias)
+    return build_param_groups(
         backbone=model.backbone, new_modules=model.new_modules(), temp=model.temp,
         adapters=adapter_parameters(model.backbone), lr=o.lr, weight_decay=o.weight_decay,
         lr_factor_new=o.lr_factor_new, lr_factor_bias=o.lr_factor_bias,
         lr_factor_adapter=o.lr_factor_adapter, weight_decay_bias=o.weight_decay_bias)
+
+
+def build_optimizer_for(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = param_groups_for(cfg, model)
     return build_optimizer(groups, name=o.name, lr=o.lr, eps=o.eps, betas=tuple(o.betas),
                            weight_decay=o.weight_decay)
 

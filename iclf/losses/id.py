@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from iclf.precision import fp32_region
+
 
 def id_loss(logits_img: torch.Tensor, logits_txt: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
     """L_id = 1/2 [CE(W i, p) + CE(W t, p)] on the classifier logits [B, C] of each modality."""
@@ -17,4 +19,6 @@ def id_loss(logits_img: torch.Tensor, logits_txt: torch.Tensor, pids: torch.Tens
         raise ValueError(
             f"id_loss: pids must have shape [{logits_img.shape[0]}]; got {tuple(pids.shape)}"
         )
-    return 0.5 * (F.cross_entropy(logits_img, pids) + F.cross_entropy(logits_txt, pids))
+    with fp32_region(logits_img):
+        return 0.5 * (F.cross_entropy(logits_img.float(), pids)
+                      + F.cross_entropy(logits_txt.float(), pids))

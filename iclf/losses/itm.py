@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from iclf.losses._checks import check_paired_features, check_pids, same_identity
+from iclf.precision import fp32_region
 
 #: Added to every softmax weight before the same-identity entries are zeroed (as released).
 WEIGHT_FLOOR = 1e-5
@@ -49,18 +50,20 @@ def sample_hard_negatives(
 
     Returns ``(neg_image_idx, neg_text_idx)``, both [B] long: ``neg_image_idx[b]`` is the image
     paired with text b as a negative, ``neg_text_idx[b]`` the text paired with image b.
+    The similarities and weights are fp32, also under autocast (:mod:`iclf.precision`).
     """
     check_paired_features(image_feat, text_feat, "sample_hard_negatives")
     check_pids(pids, image_feat.shape[0], "sample_hard_negatives")
     temp_value = float(temp.detach()) if isinstance(temp, torch.Tensor) else float(temp)
     if temp_value <= 0.0:
         raise ValueError(f"sample_hard_negatives: temp must be positive; got {temp_value}")
-    image = F.normalize(image_feat.detach().float(), dim=-1)
-    text = F.normalize(text_feat.detach().float(), dim=-1)
-    same = same_identity(pids)
-    sim_t2i = text @ image.t()  # (B, B): text rows, image columns
-    w_t2i = _negative_weights(sim_t2i, same, temp_value)
-    w_i2t = _negative_weights(sim_t2i.t(), same, temp_value)
+    with fp32_region(image_feat):
+        image = F.normalize(image_feat.detach().float(), dim=-1)
+        text = F.normalize(text_feat.detach().float(), dim=-1)
+        same = same_identity(pids)
+        sim_t2i = text @ image.t()  # (B, B): text rows, image columns
+        w_t2i = _negative_weights(sim_t2i, same, temp_value)
+        w_i2t = _negative_weights(sim_t2i.t(), same, temp_value)
     neg_image_idx = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
     neg_text_idx = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return neg_image_idx, neg_text_idx
@@ -96,4 +99,5 @@ def itm_loss(logits: torch.Tensor) -> torch.Tensor:
             f"{tuple(logits.shape)}"
         )
     labels = itm_labels(logits.shape[0] // 3, device=logits.device)
-    return F.cross_entropy(logits, labels)
+    with fp32_region(logits):
+        return F.cross_entropy(logits.float(), labels)

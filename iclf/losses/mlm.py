@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from iclf.precision import fp32_region
+
 
 def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy averaged over the masked positions only, method.md 2.3.
@@ -23,4 +25,5 @@ def mlm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             "mlm_loss: no masked positions in the batch (mlm_labels are all 0); the masking "
             "step must mask at least one token per caption"
         )
-    return F.cross_entropy(logits, targets)
+    with fp32_region(logits):
+        return F.cross_entropy(logits.float(), targets)

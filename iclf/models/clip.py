@@ -22,6 +22,7 @@ from iclf.models.registry import BackboneSpec, get_spec
 from iclf.models.weights import POS_INTERP_MODES, load_pretrained
 
 __all__ = [
+    "ACTIVATIONS",
     "QuickGELU",
     "Attention",
     "MLP",
@@ -34,11 +35,26 @@ __all__ = [
 ]
 
 
+#: The MLP activations a backbone can be built with. OpenAI's CLIP weights were trained with
+#: ``quick_gelu``; every other open_clip ViT-B-16 checkpoint (LAION, DataComp, ...) with the exact
+#: (erf) ``gelu``. A checkpoint file does not record which, so it is a setting (``model.act``).
+ACTIVATIONS: tuple[str, ...] = ("quick_gelu", "gelu")
+
+
 class QuickGELU(nn.Module):
     """CLIP's activation, x * sigmoid(1.702 x) (method.md 1.1)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(act: str) -> nn.Module:
+    """``"quick_gelu"`` -> :class:`QuickGELU`, ``"gelu"`` -> ``nn.GELU()`` (exact, erf)."""
+    if act == "quick_gelu":
+        return QuickGELU()
+    if act == "gelu":
+        return nn.GELU()
+    raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
 
 
 class Attention(nn.Module):
@@ -80,12 +96,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: c_fc -> QuickGELU -> c_proj (ratio 4, method.md 1.1)."""
+    """Position-wise feed-forward: c_fc -> activation -> c_proj (ratio 4, method.md 1.1).
 
-    def __init__(self, width: int, hidden: int) -> None:
+    ``act`` is ``"quick_gelu"`` (CLIP's, the default) or ``"gelu"`` (see :data:`ACTIVATIONS`).
+    """
+
+    def __init__(self, width: int, hidden: int, act: str = "quick_gelu") -> None:
         super().__init__()
         self.c_fc = nn.Linear(width, hidden)
-        self.gelu = QuickGELU()
+        self.gelu = make_activation(act)
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -95,12 +114,12 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm residual block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: int = 4) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, act: str = "quick_gelu") -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
         self.attn = Attention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, width * mlp_ratio)
+        self.mlp = MLP(width, width * mlp_ratio, act=act)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
@@ -110,12 +129,12 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """A stack of :class:`Block` under ``resblocks`` (OpenAI's key names)."""
 
-    def __init__(self, width: int, layers: int, heads: int) -> None:
+    def __init__(self, width: int, layers: int, heads: int, act: str = "quick_gelu") -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.heads = heads
-        self.resblocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(Block(width, heads, act=act) for _ in range(layers))
         self.init_weights()
 
     @torch.no_grad()
@@ -160,6 +179,7 @@ class VisionTower(nn.Module):
         stride: int,
         image_size: tuple[int, int],
         output_dim: int,
+        act: str = "quick_gelu",
     ) -> None:
         super().__init__()
         height, width_px = image_size
@@ -179,7 +199,7 @@ class VisionTower(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(num_tokens, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, act=act)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -216,13 +236,14 @@ class TextTower(nn.Module):
         vocab_size: int,
         context_length: int,
         output_dim: int,
+        act: str = "quick_gelu",
     ) -> None:
         super().__init__()
         self.context_length = context_length
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, act=act)
         self.ln_final = nn.LayerNorm(width)
         self.text_projection = nn.Parameter(torch.empty(width, output_dim))
         causal = torch.full((context_length, context_length), float("-inf")).triu(1)
@@ -257,8 +278,11 @@ class CLIPBackbone(nn.Module):
         image_size: tuple[int, int] | None = None,
         stride: int | None = None,
         name: str = "custom",
+        act: str = "quick_gelu",
     ) -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
         image_size = tuple(spec.image_size if image_size is None else image_size)
         if len(image_size) != 2 or any(not isinstance(s, int) for s in image_size):
             raise ValueError(f"image_size must be (H, W) ints, got {image_size!r}")
@@ -267,6 +291,7 @@ class CLIPBackbone(nn.Module):
             raise ValueError(f"stride must be a positive int, got {stride!r}")
         self.name = name
         self.spec = spec
+        self.act = act
         self.visual = VisionTower(
             width=spec.vision_width,
             layers=spec.vision_layers,
@@ -275,6 +300,7 @@ class CLIPBackbone(nn.Module):
             stride=stride,
             image_size=image_size,
             output_dim=spec.embed_dim,
+            act=act,
         )
         self.text = TextTower(
             width=spec.text_width,
@@ -283,6 +309,7 @@ class CLIPBackbone(nn.Module):
             vocab_size=spec.vocab_size,
             context_length=spec.context_length,
             output_dim=spec.embed_dim,
+            act=act,
         )
 
     @property
@@ -333,7 +360,7 @@ class CLIPBackbone(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, image_size={self.image_size}, stride={self.stride}, "
-            f"grid={self.grid}, embed_dim={self.embed_dim}"
+            f"grid={self.grid}, embed_dim={self.embed_dim}, act={self.act!r}"
         )
 
 
@@ -343,6 +370,7 @@ def create_backbone(
     image_size: tuple[int, int] | None = None,
     stride: int | None = None,
     pos_interp: str = "bilinear",
+    act: str = "quick_gelu",
 ) -> CLIPBackbone:
     """Build a registered (or given) backbone, optionally loading a local CLIP checkpoint.
 
@@ -354,6 +382,9 @@ def create_backbone(
         stride: patch stride; default the patch size (non-overlapping patches).
         pos_interp: ``"bilinear"`` or ``"bicubic"``, how the checkpoint's positional embedding
             is resized to this grid (method.md 1.1); used only when ``pretrained`` is given.
+        act: the MLP activation of both towers, ``"quick_gelu"`` (OpenAI's CLIP weights) or
+            ``"gelu"`` (every other open_clip ViT-B-16 checkpoint). The file does not say which;
+            a mismatch loads without error but changes the features by about 1e-2 relative.
     """
     if pos_interp not in POS_INTERP_MODES:
         raise ValueError(f"pos_interp must be one of {POS_INTERP_MODES}, got {pos_interp!r}")
@@ -361,7 +392,7 @@ def create_backbone(
         spec, label = name, "custom"
     else:
         spec, label = get_spec(name), name
-    backbone = CLIPBackbone(spec, image_size=image_size, stride=stride, name=label)
+    backbone = CLIPBackbone(spec, image_size=image_size, stride=stride, name=label, act=act)
     if pretrained is not None:
         load_pretrained(backbone, pretrained, pos_interp=pos_interp)
     return backbone

@@ -180,12 +180,14 @@ def build_iclf_model(
     temp_init: float = 0.07,
     pos_interp: str = "bilinear",
     stride: int | None = None,
+    act: str = "quick_gelu",
 ) -> ICLFModel:
     """Build the backbone (loading ``pretrained`` if given), apply LoRA, add fusion and heads.
 
     The fusion module is built only when MLM or ITM needs it; ``fusion_depth == 0`` with MLM or ITM
     raises ValueError. ``lora`` None or rank 0 means full fine-tuning. ``num_classes`` is used only
-    when ``need_id``.
+    when ``need_id``. ``act`` is the backbone's MLP activation (``create_backbone``); the fusion
+    module and the MLM head keep QuickGELU, as in the reference.
     """
     from iclf.models import create_backbone  # the package re-exports the backbone factory
 
@@ -203,6 +205,7 @@ def build_iclf_model(
         image_size=tuple(image_size),
         stride=stride,
         pos_interp=pos_interp,
+        act=act,
     )
     if lora is not None:
         apply_lora(backbone, lora)

@@ -92,3 +92,67 @@ def test_resolved_config_round_trips(tmp_path):
 def test_config_from_dict_reports_source():
     with pytest.raises(ConfigError, match=r"^my.yaml: name: must be"):
         config_from_dict({"name": "", "losses": {"weights": {"itc": 1}}}, "my.yaml")
+
+
+@pytest.mark.parametrize("chain", [["a.yaml"], ["a.yaml", "b.yaml"], ["a.yaml", "b.yaml", "c.yaml"]],
+                         ids=["self", "two", "three"])
+def test_base_chain_that_loops_is_one_config_error(tmp_path, chain):
+    # a.yaml -> a.yaml, a -> b -> a, a -> b -> c -> a: a ConfigError naming the files, not RecursionError
+    for i, name in enumerate(chain):
+        nxt = chain[(i + 1) % len(chain)]
+        write(tmp_path, {"base": nxt, "losses": {"weights": {"itc": 1}}}, name)
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "a.yaml")
+    msg = str(exc.value)
+    assert "\n" not in msg and "loops" in msg
+    assert all(name in msg for name in chain)
+
+
+def test_base_chain_loop_exits_2_with_one_line(tmp_path, capsys):
+    from iclf.cli import main
+
+    write(tmp_path, {"base": "b.yaml"}, "a.yaml")
+    write(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    assert main(["train", str(tmp_path / "a.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.yaml" in err[0] and "b.yaml" in err[0]
+
+
+def test_a_shared_base_is_not_a_loop(tmp_path):
+    # a diamond is fine: two files may name the same base as long as no chain returns to itself
+    write(tmp_path, {"losses": {"weights": {"itc": 1}}}, "root.yaml")
+    write(tmp_path, {"base": "root.yaml", "seed": 3}, "mid.yaml")
+    cfg = load_config(write(tmp_path, {"base": "mid.yaml"}, "top.yaml"))
+    assert cfg.seed == 3
+
+
+def test_model_act_reaches_the_backbone_and_is_checked(tmp_path, capsys):
+    from torch import nn
+
+    from iclf.cli import main
+    from iclf.engine.trainer import build_model
+
+    path = ROOT / "experiments" / "synthetic.yaml"
+    small = ["model.pretrained=null", "model.build_pretrained=false", "model.image_size=[64,32]"]
+    for act, cls in (("quick_gelu", "QuickGELU"), ("gelu", "GELU")):
+        model = build_model(load_config(path, [*small, f"model.act={act}"]), num_classes=4)
+        acts = {type(b.mlp.gelu).__name__ for tower in (model.backbone.visual, model.backbone.text)
+                for b in tower.transformer.resblocks}
+        assert acts == {cls}
+        assert all(isinstance(b.mlp.gelu, nn.Module) for b in model.fusion.blocks if hasattr(b, "mlp"))
+    assert main(["train", str(path), "model.act=foo", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.act: 'foo' is not one of 'quick_gelu', 'gelu'" in err[0]
+
+
+def test_adam_eps_is_a_deliberate_choice_per_preset_and_searched():
+    # iclf_release keeps IRRA's 1e-3 (faithful); iclf (LoRA, fp32 masters) uses 1e-8; the joint
+    # search space includes eps
+    assert load_config(ROOT / "experiments" / "iclf_release_cuhk.yaml").optim.eps == 1e-3
+    assert load_config(ROOT / "experiments" / "irra_cuhk.yaml").optim.eps == 1e-3
+    iclf = load_config(ROOT / "experiments" / "iclf_cuhk.yaml")
+    assert iclf.optim.eps == 1e-8 and iclf.lora.rank > 0
+    space = yaml.safe_load((ROOT / "ablations" / "joint.yaml").read_text())["space"]
+    assert "optim.eps" in space
+    assert "released ICLF" not in (ROOT / "ablations" / "lora_rank.yaml").read_text().split(
+        "not the released ICLF")[0]

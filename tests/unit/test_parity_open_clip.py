@@ -14,6 +14,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from iclf.models import BackboneSpec, create_backbone  # noqa: E402
+from iclf.models.clip import QuickGELU  # noqa: E402
 from iclf.tokenizer import Tokenizer  # noqa: E402
 
 open_clip = pytest.importorskip("open_clip")
@@ -113,3 +114,49 @@ def test_image_tokens_match_open_clip_at_384x128(reference):
         tokens = ours.encode_image_tokens(images)
     assert tokens.shape == (2, 193, 64)
     torch.testing.assert_close(tokens[:, 0], reference_feats, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# model.act: open_clip's own ViT-B-16 (every non-OpenAI checkpoint of it) uses the exact GELU.
+
+
+@pytest.fixture(scope="module")
+def open_clip_vit_b16(tmp_path_factory):
+    """open_clip's ``ViT-B-16`` architecture (nn.GELU), random weights, saved as a state dict."""
+    torch.manual_seed(3)
+    model = open_clip.create_model("ViT-B-16", pretrained=None).eval()
+    assert not isinstance(model.visual.transformer.resblocks[0].mlp.gelu,
+                          open_clip.transformer.QuickGELU)
+    with torch.no_grad():  # zero biases and unit LayerNorms would hide a wrong activation less well
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("open_clip_b16") / "ViT-B-16-gelu.pt"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def test_gelu_backbone_matches_open_clip_vit_b16_at_224(open_clip_vit_b16):
+    model, path = open_clip_vit_b16
+    ours = create_backbone("ViT-B-16", pretrained=path, image_size=(224, 224), act="gelu").eval()
+    torch.manual_seed(4)
+    images = torch.randn(1, 3, 224, 224)
+    ids = Tokenizer()(CAPTIONS[:2])
+    with torch.no_grad():
+        ref_image = model.encode_image(images, normalize=False)
+        ref_text = model.encode_text(ids, normalize=False)
+        image, text = ours.encode_image(images), ours.encode_text(ids)
+        torch.testing.assert_close(image, ref_image, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(text, ref_text, atol=1e-5, rtol=1e-5)
+        assert ref_image.abs().mean() > 0.05 and ref_text.abs().mean() > 0.05  # not trivial
+
+        # The same weights in the default QuickGELU backbone load without a word, and are wrong.
+        for tower in (ours.visual, ours.text):
+            for block in tower.transformer.resblocks:
+                block.mlp.gelu = QuickGELU()
+        rel = ((ours.encode_image(images) - ref_image).norm() / ref_image.norm()).item()
+    assert rel > 1e-3, rel
+
+
+def test_act_is_a_checked_setting():
+    with pytest.raises(ValueError, match="act must be one of"):
+        create_backbone(SPEC, act="relu")
