@@ -250,3 +250,44 @@ def test_config_field():
         load_config(base, ["data.image_cache=' '"])
     with pytest.raises(ConfigError, match="data.image_cache"):
         load_config(base, ["data.image_cache=3"])
+
+
+def test_cli_builds_then_reports_up_to_date(tmp_path, capsys):
+    from iclf.cli import main
+
+    root = tmp_path / "data"
+    make_data(root)
+    argv = ["data", "cache", "--dataset", "CUHK-PEDES", "--root", str(root), "--image-size", "64",
+            "32", "--splits", "train", "test", "--workers", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["train", "test"]
+    assert all("built" in line for line in out)
+    assert str(root / ".iclf-cache" / "CUHK-PEDES-train-64x32.u8") in out[0]
+    assert main(argv) == 0
+    assert all("up to date" in line for line in capsys.readouterr().out.splitlines())
+
+
+def test_cli_from_an_experiment_config(tmp_path, capsys):
+    from iclf.cli import main
+
+    # the synthetic default: the dataset is generated first, the cache goes where training reads it
+    over = [f"data.root={tmp_path}", "data.synthetic={ids: 10, images_per_id: 2, seed: 0}",
+            f"data.image_cache={tmp_path / 'c'}"]
+    assert main(["data", "cache", str(ROOT / "experiments" / "synthetic.yaml"), *over,
+                 "--workers", "0"]) == 0
+    assert "CUHK-PEDES-train-128x64.u8" in capsys.readouterr().out
+    assert (tmp_path / "c" / "CUHK-PEDES-train-128x64.u8").is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--dataset", "CUHK-PEDES"], "both --dataset and --root"),
+    (["--dataset", "CUHK-PEDES", "--root", "/nonexistent"], "/nonexistent"),
+    (["x.yaml", "--dataset", "CUHK-PEDES"], "not both"),
+])
+def test_cli_bad_input_exits_2_with_one_line(argv, message, capsys):
+    from iclf.cli import main
+
+    assert main(["data", "cache", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
