@@ -1,38 +1,41 @@
-"""The prepared GPU benchmark: training step, memory, evaluation, data loading and packing on one GPU.
+"""The prepared GPU benchmark: training step, memory, evaluation, data loading, packing; one GPU.
 
 One script for one H100/H200 session (at most 8 minutes, one JSON). It imports only the core library
 (models, objective, engine parts, data), torch, torchvision, peft, numpy, PyYAML, Pillow, tqdm and
 regex, all of which the GPU machine has; the tokenizer reads open_clip's BPE vocabulary file, which
-``bench/gpu_run.sh`` installs from a local wheel (open_clip is never imported). No pretrained weights:
-the models have random weights, which do not change the cost of a step. Sections:
+``bench/gpu_run.sh`` installs from a local wheel (open_clip is never imported). No pretrained
+weights: the models have random weights, which do not change the cost of a step. Sections:
 
-* ``peak_matmul``: the bf16 matrix-multiply rate measured on this card (8192^3, the MFU denominator).
-* ``train_step`` (a): ViT-B/16 at 384x128, batch 64, through the engine's own parts (``build_model``,
-  ``build_objective``, ``build_optimizer_for`` of the experiment presets; the trainer's step: autocast
-  as the config resolves it, loss, backward, optimiser step) for ``irra`` (bf16 autocast, full
-  fine-tuning), ``iclf_release`` (fp32 as released, full fine-tuning), ``iclf`` (LoRA r16, bf16) and
-  ``iclf_full`` (the ``iclf`` preset with ``lora: null``, for (b)). One real batch of 64 from the
-  training pipeline (synthetic CUHK-PEDES-sized JPEGs) is reused for every step. samples/s over the
-  timed steps, FLOPs of one step from ``torch.utils.flop_counter.FlopCounterMode`` (forward and
-  backward), MFU = FLOPs / step time / measured peak, peak allocated memory from model build on.
+* ``peak_matmul``: the bf16 matrix-multiply rate measured on this card (8192^3, the MFU
+  denominator).
+* ``train_step`` (a): ViT-B/16 at 384x128, batch 64, through the engine's own parts
+  (``build_model``, ``build_objective``, ``build_optimizer_for`` of the experiment presets; the
+  trainer's step: autocast as the config resolves it, loss, backward, optimiser step) for ``irra``
+  (bf16 autocast, full fine-tuning), ``iclf_release`` (fp32 as released, full fine-tuning), ``iclf``
+  (LoRA r16, bf16) and ``iclf_full`` (the ``iclf`` preset with ``lora: null``, for (b)). One real
+  batch of 64 from the training pipeline (synthetic CUHK-PEDES-sized JPEGs) is reused for every
+  step. samples/s over the timed steps, FLOPs of one step from
+  ``torch.utils.flop_counter.FlopCounterMode`` (forward and backward), MFU = FLOPs / step time /
+  measured peak, peak allocated memory from model build on.
 * ``lora_memory`` (b): the ``iclf`` peak memory over ``iclf_full`` (same preset, full fine-tuning).
 * ``evaluation`` (c): a test split of CUHK-PEDES size (3,074 images, 6,156 captions) of synthetic
-  JPEGs through ``extract_features`` + ``evaluate_features`` (decode, resize, encode both towers under
-  the preset's autocast, retrieval metrics), with the trainer's 2 evaluation workers, with 8, and from
-  the decoded-image cache.
+  JPEGs through ``extract_features`` + ``evaluate_features`` (decode, resize, encode both towers
+  under the preset's autocast, retrieval metrics), with the trainer's 2 evaluation workers, with 8,
+  and from the decoded-image cache.
 * ``loader`` (d): the training DataLoader (``TrainPairs`` with the preset's augmentation and MLM
   masking, batch 64, 16 workers, pinned memory) on CUHK-PEDES-sized JPEGs, decoding and from the
   decoded-image cache, against the samples/s the GPU step consumes.
 * ``packing`` (e): 1, 2 and 4 concurrent trial processes of the ``iclf`` preset on the one GPU (each
-  builds its model and trains on a synthetic batch, as a Ray trial does minus data loading); aggregate
-  samples/s over a common time window and device memory in use.
+  builds its model and trains on a synthetic batch, as a Ray trial does minus data loading);
+  aggregate samples/s over a common time window and device memory in use.
 
 Goals (reported, never asserted): MFU >= 35 % for the ``iclf`` step; LoRA r16 peak memory <= 60 % of
 full fine-tuning; packing aggregate >= 1.3x one trial at 2 or 4 per GPU.
 
-``--smoke`` runs every section on the CPU with the tiny backbone at 64x32, fusion depth 1, batch 4 and
-small sizes in well under a minute (the test suite runs it, so the script cannot rot between GPU sessions); its figures mean
-nothing. Progress goes to stderr; the JSON to stdout and, after every section, to ``--out``.
+``--smoke`` runs every section on the CPU with the tiny backbone at 64x32, fusion depth 1, batch 4
+and small sizes in well under a minute (the test suite runs it, so the script cannot rot between GPU
+sessions); its figures mean nothing. Progress goes to stderr; the JSON to stdout and, after every
+section, to ``--out``.
 
     bash bench/gpu_run.sh OUT.json       # the GPU session (wheels, time guard); see its header
     python bench/gpu.py [--out FILE] [--budget-s 420] [--sections peak,step,eval,...]
@@ -47,11 +50,11 @@ import dataclasses
 import datetime
 import gc
 import json
+import math
 import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -209,7 +212,7 @@ def datasheet_peak(name: str) -> float | None:
     return None
 
 
-# ------------------------------------------------------------------------------------------ sections
+# ---------------------------------------------------------------------------------------- sections
 
 
 def machine_info(device: torch.device) -> dict:
@@ -224,7 +227,8 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
+                    capability=f"{props.major}.{props.minor}",
+                    multiprocessors=props.multi_processor_count,
                     cuda=torch.version.cuda, tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
                     float32_matmul_precision=torch.get_float32_matmul_precision())
     try:
@@ -267,8 +271,9 @@ def peak_matmul(s: Settings, device: torch.device) -> dict:
 
 
 def write_dataset(root: Path, s: Settings) -> dict:
-    """Synthetic CUHK-PEDES JPEGs: every image is a training image, and the test split is a copy of
-    the first ``eval_images`` of them with ``eval_captions`` captions (the real test split's size)."""
+    """Synthetic CUHK-PEDES JPEGs: every image is a training image, and the test split is a copy
+    of the first ``eval_images`` of them with ``eval_captions`` captions (the real test split's
+    size)."""
     from iclf.data.synthetic import write_synthetic
 
     t0 = time.perf_counter()
@@ -285,7 +290,8 @@ def write_dataset(root: Path, s: Settings) -> dict:
         test[i]["captions"].append(test[i]["captions"][0] + " the picture is a little dark.")
     val = [dict(r, split="val") for r in train[:4]]
     ann.write_text(json.dumps(train + val + test))
-    return {"images": len(train), "scale": s.synth_scale, "seconds": round(time.perf_counter() - t0, 2)}
+    return {"images": len(train), "scale": s.synth_scale,
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def one_batch(cfg, data, tokenizer) -> dict:
@@ -333,9 +339,9 @@ def train_step_case(preset: str, s: Settings, device: torch.device, data, batch_
     step_s = (time.perf_counter() - t0) / s.steps
     trainable, total = count_params(model)
     out = {"precision": "bf16 autocast" if uses_bf16(cfg, device) else "fp32",
-           "lora_rank": cfg.lora.rank if cfg.lora else 0, "fusion": f"{cfg.fusion.style} "
-           f"depth {cfg.fusion.depth}", "losses": {k: v for k, v in
-                                                  dataclasses.asdict(cfg.losses.weights).items() if v},
+           "lora_rank": cfg.lora.rank if cfg.lora else 0,
+           "fusion": f"{cfg.fusion.style} depth {cfg.fusion.depth}",
+           "losses": {k: v for k, v in dataclasses.asdict(cfg.losses.weights).items() if v},
            "trainable_params": trainable, "total_params": total, "batch": s.batch,
            "steps": s.steps, "step_seconds": round(step_s, 5),
            "samples_per_s": round(s.batch / step_s, 1), "flops_per_step": flops,
@@ -407,7 +413,8 @@ def evaluation(s: Settings, device: torch.device, data, cache_dir: Path) -> dict
     del model
     free_memory(device)
     return {"images": len(test.image_paths), "captions": len(test.captions),
-            "batch_size": cfg.evaluation.batch_size, "precision": "bf16 autocast" if bf16 else "fp32",
+            "batch_size": cfg.evaluation.batch_size,
+            "precision": "bf16 autocast" if bf16 else "fp32",
             "model": "iclf preset (LoRA r16), random weights",
             "pipeline": "iclf.engine.evaluate.extract_features (JPEG decode or cache row, resize, "
                         "normalise, both towers) + iclf.metrics.evaluate_features (on the CPU, as "
@@ -466,6 +473,9 @@ def loader(s: Settings, device: torch.device, data, cache_dir: Path, gpu_rates: 
         out[f"gpu_step_samples_per_s_{preset}"] = rate
         out[f"decoding_over_gpu_{preset}"] = round(runs[0]["samples_per_s"] / rate, 2)
         out[f"cache_over_gpu_{preset}"] = round(runs[1]["samples_per_s"] / rate, 2)
+        per_worker = runs[0]["samples_per_s_per_worker"]
+        out[f"decoding_workers_needed_{preset}"] = math.ceil(rate / per_worker) if per_worker \
+            else None
     return out
 
 
@@ -473,8 +483,8 @@ def loader(s: Settings, device: torch.device, data, cache_dir: Path, gpu_rates: 
 
 
 def trial_worker(spec: dict) -> dict:
-    """One packed trial (a subprocess): build the ``iclf`` preset, warm up, wait for the common start,
-    then train on a fixed synthetic batch for the window; prints its JSON."""
+    """One packed trial (a subprocess): build the ``iclf`` preset, warm up, wait for the common
+    start, then train on a fixed synthetic batch for the window; prints its JSON."""
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["settings"].items()})
     device = torch.device(s.device)
     if device.type == "cpu":
@@ -514,7 +524,8 @@ def trial_worker(spec: dict) -> dict:
     return out
 
 
-def packing_run(n: int, s: Settings, device: torch.device, data_root: str, timeout_s: float) -> dict:
+def packing_run(n: int, s: Settings, device: torch.device, data_root: str,
+                timeout_s: float) -> dict:
     sync_dir = Path(tempfile.mkdtemp(prefix="iclf-pack-"))
     procs = []
     free_memory(device)
@@ -635,7 +646,8 @@ def main() -> int:
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model on the CPU, small sizes (the test suite's check)")
-    parser.add_argument("--out", default=None, help="also write the JSON here (after every section)")
+    parser.add_argument("--out", default=None,
+                        help="also write the JSON here (after every section)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="skip what would not finish within this many seconds (default 420)")
     parser.add_argument("--sections", default=",".join(SECTIONS),

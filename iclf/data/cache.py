@@ -1,12 +1,12 @@
-"""The decoded-image cache: every image of a dataset split decoded and resized once, shared by trials.
+"""The decoded-image cache: each image of a dataset split decoded and resized once, for all trials.
 
-Decoding JPEGs is most of what a data-loader worker does (bench/data_pipeline.py). This module decodes
-and resizes every image of one split once, into one file per (dataset split, image size) holding the
-uint8 array ``[N, 3, H, W]`` that the pipeline has right before augmentation
+Decoding JPEGs is most of what a data-loader worker does (bench/data_pipeline.py). This module
+decodes and resizes every image of one split once, into one file per (dataset split, image size)
+holding the uint8 array ``[N, 3, H, W]`` that the pipeline has right before augmentation
 (:func:`iclf.data.transforms.resize_image` of :func:`iclf.data.transforms.load_image`). Training
 memory-maps it read-only, so the trials of a sweep on one machine share one copy through the page
-cache, and runs only the random steps (:meth:`TrainTransform.from_resized`) on its rows: an epoch gives
-bit-identical batches from the cache and from the JPEGs.
+cache, and runs only the random steps (:meth:`TrainTransform.from_resized`) on its rows: an epoch
+gives bit-identical batches from the cache and from the JPEGs.
 
 File layout (``<dir>/<dataset>-<split>-<H>x<W>.u8``)::
 
@@ -18,11 +18,11 @@ File layout (``<dir>/<dataset>-<split>-<H>x<W>.u8``)::
 The header records what the array was made from: the dataset name and fingerprint (sha256 of its
 annotation file, :func:`iclf.data.pedes.load_pedes`), the split, the image size, count, dtype and
 shape, the images in row order (paths relative to the dataset directory), a digest of those images'
-sizes and modification times, and the torch/torchvision versions (the resize kernel is theirs). A file
-whose header differs from what the loaded dataset needs is rebuilt, never used; a truncated or foreign
-file is rebuilt with a message, never read. Files are written to a temporary name and renamed into
-place, under a lock, so concurrent trials build a missing cache once and a reader never sees half a file.
-"""
+sizes and modification times, and the torch/torchvision versions (the resize kernel is theirs). A
+file whose header differs from what the loaded dataset needs is rebuilt, never used; a truncated or
+foreign file is rebuilt with a message, never read. Files are written to a temporary name and
+renamed into place, under a lock, so concurrent trials build a missing cache once and a reader never
+sees half a file."""
 
 from __future__ import annotations
 
@@ -281,8 +281,8 @@ def build_image_cache(path: str | os.PathLike[str], data: Any, split: str,
 def ensure_image_cache(data: Any, image_size: Sequence[int], cache_dir: str | os.PathLike[str], *,
                        splits: Sequence[str] = ("train",), num_workers: int = 0,
                        progress: bool | None = None) -> dict[str, ImageCache]:
-    """The caches of ``splits`` of ``data`` at ``image_size`` under ``cache_dir``, built where absent,
-    stale (the dataset, its images or the image size changed), truncated or foreign.
+    """The caches of ``splits`` of ``data`` at ``image_size`` under ``cache_dir``, built where
+    absent, stale (the dataset, its images or the image size changed), truncated or foreign.
 
     Call it once before trials start (the sweep driver, ``iclf data cache``); every trial then opens
     the same files. Concurrent callers build a missing file once (a lock per file). Splits without
@@ -319,10 +319,10 @@ def ensure_image_cache(data: Any, image_size: Sequence[int], cache_dir: str | os
 def train_image_cache(data: Any, image_size: Sequence[int], setting: str,
                       data_root: str | os.PathLike[str], *, num_workers: int = 0,
                       progress: bool | None = None) -> ImageCache | None:
-    """What training reads for ``data.image_cache=setting``: None for ``off``; otherwise the training
-    split's cache, built first when needed. With ``auto`` a cache that cannot be built (read-only
-    data directory, no space) is reported in one line and training decodes the JPEGs instead
-    (same batches, slower); with an explicit directory that is an ImageCacheError."""
+    """What training reads for ``data.image_cache=setting``: None for ``off``; otherwise the
+    training split's cache, built first when needed. With ``auto`` a cache that cannot be built
+    (read-only data directory, no space) is reported in one line and training decodes the JPEGs
+    instead (same batches, slower); with an explicit directory that is an ImageCacheError."""
     cache_dir = cache_dir_for(setting, data_root)
     if cache_dir is None:
         return None

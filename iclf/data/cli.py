@@ -49,22 +49,23 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
     cache = sub.add_parser(
         "cache", help="decode and resize a dataset's images once, for every run to share",
-        description="Decode and resize every image of the chosen splits once into one memory-mapped "
-                    "uint8 file per split and image size (what training reads with "
+        description="Decode and resize every image of the chosen splits once into one "
+                    "memory-mapped uint8 file per split and image size (what training reads with "
                     "data.image_cache=auto or a directory, instead of decoding every JPEG every "
                     "epoch). A file that is up to date is kept; one built from another version of "
                     "the dataset, another image size, or that is truncated or foreign is rebuilt. "
                     "Give an experiment config, or --dataset and --root.")
     cache.add_argument("config", nargs="?", default=None,
-                       help="experiment YAML: dataset, root, image size and data.image_cache from it")
+                       help="experiment YAML: dataset, root, image size and data.image_cache "
+                            "from it")
     cache.add_argument("overrides", nargs="*", default=[], help="config key=value overrides")
     cache.add_argument("--dataset", choices=DATASETS, default=None)
     cache.add_argument("--root", default=None, help="directory that contains <DATASET>/")
     cache.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                        help="training image size (default 384 128, or the config's)")
     cache.add_argument("--dir", default=None,
-                       help="cache directory (default <root>/.iclf-cache, what data.image_cache=auto "
-                            "uses, or the config's data.image_cache)")
+                       help="cache directory (default <root>/.iclf-cache, what "
+                            "data.image_cache=auto uses, or the config's data.image_cache)")
     cache.add_argument("--splits", nargs="+", choices=SPLITS, default=["train"],
                        help="splits to cache (default: train, what training reads)")
     cache.add_argument("--val-fraction", type=float, default=None,
@@ -172,5 +173,6 @@ def _cache(args: argparse.Namespace) -> int:
             continue
         state = "built" if cache.built else "up to date"
         size_mib = cache.path.stat().st_size / 2**20
-        print(f"{split:5s}  {len(cache):>7,} images  {size_mib:>9,.1f} MiB  {state:10s}  {cache.path}")
+        print(f"{split:5s}  {len(cache):>7,} images  {size_mib:>9,.1f} MiB  {state:10s}  "
+              f"{cache.path}")
     return 0

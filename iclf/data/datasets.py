@@ -58,9 +58,9 @@ class TrainPairs(Dataset):
     aliased behaviour) gives the global losses the masked caption as ``caption_ids``; ``False``
     gives them the clean caption. ``mlm_ids``/``mlm_labels`` are the masked caption and its labels.
 
-    With ``image_cache`` (:class:`iclf.data.cache.ImageCache` of these samples' images) an item's image
-    is the cache row through ``transform.from_resized`` instead of ``transform`` of the decoded JPEG:
-    the same tensor, bit for bit, from the same random draws.
+    With ``image_cache`` (:class:`iclf.data.cache.ImageCache` of these samples' images) an item's
+    image is the cache row through ``transform.from_resized`` instead of ``transform`` of the
+    decoded JPEG: the same tensor, bit for bit, from the same random draws.
     """
 
     def __init__(
@@ -122,8 +122,8 @@ class TrainPairs(Dataset):
 
 
 class ImageSet(Dataset):
-    """Gallery images with their pids (method.md 4.4); from ``image_cache`` as in :class:`TrainPairs`
-    when given."""
+    """Gallery images with their pids (method.md 4.4); from ``image_cache`` as in
+    :class:`TrainPairs` when given."""
 
     def __init__(self, paths: Sequence[str], pids: Sequence[int], transform: Transform, *,
                  image_cache: ImageCache | None = None) -> None:

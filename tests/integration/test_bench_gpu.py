@@ -1,6 +1,6 @@
-"""bench/gpu.py, the prepared GPU benchmark, in its --smoke mode (tiny model, CPU): every section runs
-and its JSON has the keys the GPU run reports, so the script cannot rot between GPU sessions. No timing
-is checked."""
+"""bench/gpu.py, the prepared GPU benchmark, in its --smoke mode (tiny model, CPU): every section
+runs and its JSON has the keys the GPU run reports, so the script cannot rot between GPU sessions.
+No timing is checked."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The decoded-image cache (iclf.data.cache): the same batches as the JPEGs, rebuilt when the dataset
-changed, a truncated or foreign file rebuilt with a message and never read, and the config switch."""
+"""The decoded-image cache (iclf.data.cache): the same batches as the JPEGs, rebuilt when the
+dataset changed, a truncated or foreign file rebuilt with a message and never read, the config
+switch and the command."""
 
 from __future__ import annotations
 
@@ -189,8 +190,9 @@ def test_truncated_or_foreign_file_is_rebuilt_with_a_message(data, tmp_path, cap
         read_header(path)
     mapped = []
     real_memmap = np.memmap
-    monkeypatch.setattr(image_cache.np, "memmap",
-                        lambda f, *a, **k: mapped.append(os.path.getsize(f)) or real_memmap(f, *a, **k))
+    monkeypatch.setattr(
+        image_cache.np, "memmap",
+        lambda f, *a, **k: mapped.append(os.path.getsize(f)) or real_memmap(f, *a, **k))
     capsys.readouterr()
     cache = ensure_image_cache(data, SIZE, tmp_path)["train"]
     err = capsys.readouterr().err
