@@ -155,12 +155,22 @@ class DataConfig:
     val_fraction: float | None = None
     split_seed: int = 0
     verify_images: bool = False
+    # Decoded-image cache (iclf.data.cache): "off" decodes every JPEG every epoch; "auto" decodes and
+    # resizes the training images once into <root>/.iclf-cache/ (memory-mapped, shared by the trials
+    # of a sweep; falls back to decoding when that directory cannot be written); or a directory.
+    # The batches are bit-identical either way. (YAML reads a bare off/on as false/true: both mean
+    # off/auto here.)
+    image_cache: str | bool = "auto"
     batch_size: int = 64
     num_workers: int = 4
     sampler: Literal["random", "identity"] = "random"
     num_instance: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_cache, bool):
+            self.image_cache = "auto" if self.image_cache else "off"
 
 
 @dataclass
@@ -279,6 +289,7 @@ def validate(cfg: ExperimentConfig) -> None:
     else:
         _check(d.val_fraction is None, "data.val_fraction",
                f"only applies to ICFG-PEDES; {d.dataset} ships its own val split (leave it null)")
+    _check(bool(d.image_cache.strip()), "data.image_cache", "must be off, auto or a directory")
     _check(d.batch_size >= 2, "data.batch_size", "must be >= 2")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(d.num_instance >= 1, "data.num_instance", "must be >= 1")

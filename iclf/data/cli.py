@@ -1,9 +1,11 @@
-"""`iclf data stats|synth`: dataset statistics and the synthetic dataset generator."""
+"""`iclf data stats|synth|cache`: dataset statistics, the synthetic dataset generator and the
+decoded-image cache."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from iclf.data.errors import DatasetError
@@ -15,7 +17,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser = subparsers.add_parser("data", help="dataset statistics and synthetic data",
                                    description="Inspect PEDES datasets or write a synthetic one.")
     parser.set_defaults(func=run_data)
-    sub = parser.add_subparsers(dest="data_command", metavar="{stats,synth}", required=True)
+    sub = parser.add_subparsers(dest="data_command", metavar="{stats,synth,cache}", required=True)
 
     stats = sub.add_parser("stats", help="identities, images and captions per split",
                            description="Load and validate a dataset; print identities, images and "
@@ -44,6 +46,33 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                        help="image size factor (1.0: 64-80 x 128-192 px)")
     synth.add_argument("--overwrite", action="store_true",
                        help="replace an existing ROOT/DATASET directory")
+
+    cache = sub.add_parser(
+        "cache", help="decode and resize a dataset's images once, for every run to share",
+        description="Decode and resize every image of the chosen splits once into one "
+                    "memory-mapped uint8 file per split and image size (what training reads with "
+                    "data.image_cache=auto or a directory, instead of decoding every JPEG every "
+                    "epoch). A file that is up to date is kept; one built from another version of "
+                    "the dataset, another image size, or that is truncated or foreign is rebuilt. "
+                    "Give an experiment config, or --dataset and --root.")
+    cache.add_argument("config", nargs="?", default=None,
+                       help="experiment YAML: dataset, root, image size and data.image_cache "
+                            "from it")
+    cache.add_argument("overrides", nargs="*", default=[], help="config key=value overrides")
+    cache.add_argument("--dataset", choices=DATASETS, default=None)
+    cache.add_argument("--root", default=None, help="directory that contains <DATASET>/")
+    cache.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                       help="training image size (default 384 128, or the config's)")
+    cache.add_argument("--dir", default=None,
+                       help="cache directory (default <root>/.iclf-cache, what "
+                            "data.image_cache=auto uses, or the config's data.image_cache)")
+    cache.add_argument("--splits", nargs="+", choices=SPLITS, default=["train"],
+                       help="splits to cache (default: train, what training reads)")
+    cache.add_argument("--val-fraction", type=float, default=None,
+                       help="ICFG-PEDES only: fraction of training identities held out as val")
+    cache.add_argument("--split-seed", type=int, default=0)
+    cache.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                       help="decoding processes (default: min(8, CPUs))")
     return parser
 
 
@@ -54,7 +83,9 @@ def run_data(args: argparse.Namespace) -> int:
             return _stats(args)
         if args.data_command == "synth":
             return _synth(args)
-    except (DatasetError, ValueError) as e:
+        if args.data_command == "cache":
+            return _cache(args)
+    except (DatasetError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"error: unknown data command {args.data_command!r}", file=sys.stderr)
@@ -100,4 +131,48 @@ def _synth(args: argparse.Namespace) -> int:
     print(f"wrote {summary.dataset} to {summary.root} in {summary.seconds:.1f} s "
           f"(annotations: {summary.annotation_file})")
     print(format_table(summary.counts))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from iclf.data.cache import cache_dir_for, ensure_image_cache
+
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.config is not None:
+        from iclf.config import load_config
+        from iclf.engine.trainer import prepare_data, resolve_paths
+
+        if args.dataset or args.root:
+            raise ValueError("give an experiment config or --dataset/--root, not both")
+        cfg = resolve_paths(load_config(args.config, args.overrides))
+        data = prepare_data(cfg)  # generates the synthetic dataset first when the config asks
+        root = cfg.data.root
+        image_size = tuple(args.image_size or cfg.model.image_size)
+        setting = args.dir or (cfg.data.image_cache if cfg.data.image_cache != "off" else "auto")
+        if cfg.data.image_cache == "off":
+            print(f"note: {args.config} sets data.image_cache=off: its runs decode the JPEGs and "
+                  "will not read this cache", file=sys.stderr)
+    else:
+        if args.overrides:
+            raise ValueError(f"key=value overrides need an experiment config: {args.overrides[0]}")
+        if not (args.dataset and args.root):
+            raise ValueError("give an experiment config, or both --dataset and --root")
+        root = args.root
+        data = load_pedes(args.dataset, root, val_fraction=args.val_fraction,
+                          split_seed=args.split_seed)
+        image_size = tuple(args.image_size or (384, 128))
+        setting = args.dir or "auto"
+    cache_dir = cache_dir_for(setting, root)
+    caches = ensure_image_cache(data, image_size, cache_dir, splits=args.splits,
+                                num_workers=args.workers)
+    for split in args.splits:
+        cache = caches.get(split)
+        if cache is None:
+            print(f"{split:5s}  no images, nothing to cache")
+            continue
+        state = "built" if cache.built else "up to date"
+        size_mib = cache.path.stat().st_size / 2**20
+        print(f"{split:5s}  {len(cache):>7,} images  {size_mib:>9,.1f} MiB  {state:10s}  "
+              f"{cache.path}")
     return 0

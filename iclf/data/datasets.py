@@ -9,6 +9,7 @@ Items are dicts; :func:`collate` stacks them into the batch dict of docs/design.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from torch.utils.data import Dataset
 from iclf.data.masking import check_masking, mask_tokens
 from iclf.data.pedes import TrainSample
 from iclf.data.transforms import load_image
+
+if TYPE_CHECKING:
+    from iclf.data.cache import ImageCache
 
 Tokenize = Callable[[Sequence[str]], torch.Tensor]
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -53,6 +57,10 @@ class TrainPairs(Dataset):
     :meth:`set_epoch` at the start of each epoch. ``mask_global_text=True`` (the published,
     aliased behaviour) gives the global losses the masked caption as ``caption_ids``; ``False``
     gives them the clean caption. ``mlm_ids``/``mlm_labels`` are the masked caption and its labels.
+
+    With ``image_cache`` (:class:`iclf.data.cache.ImageCache` of these samples' images) an item's
+    image is the cache row through ``transform.from_resized`` instead of ``transform`` of the
+    decoded JPEG: the same tensor, bit for bit, from the same random draws.
     """
 
     def __init__(
@@ -67,10 +75,13 @@ class TrainPairs(Dataset):
         mask_global_text: bool = True,
         seed: int = 0,
         progress: bool = False,
+        image_cache: ImageCache | None = None,
     ) -> None:
         check_masking(mask_rate, mask_prob, random_prob)
         self.samples = list(samples)
         self.transform = transform
+        self.image_cache = image_cache
+        self.rows = _cache_rows(image_cache, [s.image_path for s in self.samples], transform)
         self.mask_rate = mask_rate
         self.mask_prob = mask_prob
         self.random_prob = random_prob
@@ -96,8 +107,12 @@ class TrainPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
         ids, masked, labels = self.mask(index)
+        if self.image_cache is None:
+            image = self.transform(load_image(sample.image_path))
+        else:
+            image = self.transform.from_resized(self.image_cache.image(self.rows[index]))
         return {
-            "images": self.transform(load_image(sample.image_path)),
+            "images": image,
             "caption_ids": masked if self.mask_global_text else ids,
             "mlm_ids": masked,
             "mlm_labels": labels,
@@ -107,21 +122,28 @@ class TrainPairs(Dataset):
 
 
 class ImageSet(Dataset):
-    """Gallery images with their pids (method.md 4.4)."""
+    """Gallery images with their pids (method.md 4.4); from ``image_cache`` as in
+    :class:`TrainPairs` when given."""
 
-    def __init__(self, paths: Sequence[str], pids: Sequence[int], transform: Transform) -> None:
+    def __init__(self, paths: Sequence[str], pids: Sequence[int], transform: Transform, *,
+                 image_cache: ImageCache | None = None) -> None:
         if len(paths) != len(pids):
             raise ValueError(f"{len(paths)} image paths but {len(pids)} pids")
         self.paths = list(paths)
         self.pids = list(pids)
         self.transform = transform
+        self.image_cache = image_cache
+        self.rows = _cache_rows(image_cache, self.paths, transform)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"images": self.transform(load_image(self.paths[index])),
-                "pids": torch.tensor(self.pids[index], dtype=torch.long)}
+        if self.image_cache is None:
+            image = self.transform(load_image(self.paths[index]))
+        else:
+            image = self.transform.from_resized(self.image_cache.image(self.rows[index]))
+        return {"images": image, "pids": torch.tensor(self.pids[index], dtype=torch.long)}
 
 
 class TextSet(Dataset):
@@ -140,6 +162,18 @@ class TextSet(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"caption_ids": self.tokens[index].long(),
                 "pids": torch.tensor(self.pids[index], dtype=torch.long)}
+
+
+def _cache_rows(cache: ImageCache | None, paths: Sequence[str], transform: Transform) -> list[int]:
+    """The cache row of each path; checks that the cache fits the transform."""
+    if cache is None:
+        return []
+    size = getattr(transform, "size", None)
+    if not hasattr(transform, "from_resized") or tuple(size or ()) != cache.image_size:
+        raise ValueError(f"the image cache {cache.path} holds images at {cache.image_size}; the "
+                         f"transform needs a from_resized() step at that size, got "
+                         f"{type(transform).__name__} at {size}")
+    return [cache.row(p) for p in paths]
 
 
 def collate(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -43,6 +43,17 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         raise DatasetError(path, None, None, f"cannot decode image: {reason}") from None
 
 
+def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear, antialiased resize to ``size`` (H, W): the first step of both pipelines.
+
+    On a uint8 image the result is uint8. Both transforms and the decoded-image cache
+    (:mod:`iclf.data.cache`) call this one function, so a cached image is bit-identical to what the
+    pipeline computes from the JPEG.
+    """
+    return F.resize(image, [int(size[0]), int(size[1])],
+                    interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+
 class TrainTransform(torch.nn.Module):
     """The training augmentation of method.md 3.1 on a uint8 ``[3, h, w]`` tensor.
 
@@ -53,6 +64,10 @@ class TrainTransform(torch.nn.Module):
     image, log-uniform aspect 0.3-3.3, up to 10 tries to fit) filled with ``mean``, the IRRA fill
     value given in normalised space. Steps set to off are skipped. Random draws use torch's global
     generator, which DataLoader seeds per worker.
+
+    ``forward`` is :meth:`resize` (deterministic, uint8 in and out) then :meth:`from_resized` (all
+    the random steps); the decoded-image cache stores the former's output, so training from the
+    cache runs only the latter and draws the same random numbers.
 
     The steps call ``torchvision.transforms.v2.functional`` directly: the per-call dispatch of the
     ``v2`` transform classes costs more than the arithmetic at these image sizes (see
@@ -81,7 +96,7 @@ class TrainTransform(torch.nn.Module):
         for name, prob in (("flip_prob", flip_prob), ("erasing_prob", erasing_prob)):
             if not 0.0 <= prob <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {prob}")
-        self.size = size
+        self.size = (int(size[0]), int(size[1]))
         self.flip = flip
         self.pad_crop = pad_crop
         self.random_erasing = random_erasing
@@ -94,8 +109,17 @@ class TrainTransform(torch.nn.Module):
         self.fill = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = F.resize(image, list(self.size), interpolation=v2.InterpolationMode.BILINEAR,
-                     antialias=True)
+        return self.from_resized(self.resize(image))
+
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """The deterministic first step: ``image`` resized to ``size`` (uint8 stays uint8)."""
+        return resize_image(image, self.size)
+
+    def from_resized(self, x: torch.Tensor) -> torch.Tensor:
+        """Every step after the resize (the random augmentation and normalisation) on a uint8
+        ``[3, H, W]`` tensor already at ``size``, e.g. a row of the decoded-image cache."""
+        if tuple(x.shape[-2:]) != self.size:
+            raise ValueError(f"expected an image resized to {self.size}, got {tuple(x.shape[-2:])}")
         if self.flip and torch.rand(1).item() < self.flip_prob:
             x = F.horizontal_flip(x)
         if self.pad_crop and self.padding > 0:
@@ -131,12 +155,20 @@ class EvalTransform(torch.nn.Module):
     def __init__(self, size: tuple[int, int], *, normalize: bool = True,
                  mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
         super().__init__()
-        self.size = size
+        self.size = (int(size[0]), int(size[1]))
         self.to_float = ToNormalizedFloat(mean, std, normalize)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.to_float(F.resize(image, list(self.size),
-                                      interpolation=v2.InterpolationMode.BILINEAR, antialias=True))
+        return self.from_resized(self.resize(image))
+
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        return resize_image(image, self.size)
+
+    def from_resized(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale and normalise a uint8 ``[3, H, W]`` tensor already at ``size``."""
+        if tuple(x.shape[-2:]) != self.size:
+            raise ValueError(f"expected an image resized to {self.size}, got {tuple(x.shape[-2:])}")
+        return self.to_float(x)
 
 
 class ToNormalizedFloat(torch.nn.Module):

@@ -30,18 +30,22 @@ def autocast_context(device: torch.device, bf16: bool):
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, eval_set: Any, *, transform: Any, tokenizer: Any,
                      batch_size: int, device: torch.device, bf16: bool = False,
-                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_workers: int = 0, image_cache: Any = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised global text and image features of an evaluation split, batched, in eval mode.
 
     The encoders run under bf16 autocast when ``bf16`` is set (on CUDA); the features are cast to fp32
     and normalised outside it, and the similarity (:func:`iclf.metrics.cosine_similarity`) is fp32.
-    """
+    ``image_cache``: the split's :class:`iclf.data.cache.ImageCache` to read the resized images from
+    instead of decoding the JPEGs (the same features)."""
     from iclf.data.datasets import ImageSet, TextSet
 
     was_training = model.training
     model.eval()
     try:
-        image_loader = DataLoader(ImageSet(eval_set.image_paths, eval_set.image_pids, transform),
+        images = ImageSet(eval_set.image_paths, eval_set.image_pids, transform,
+                          image_cache=image_cache)
+        image_loader = DataLoader(images,
                                   batch_size=batch_size, shuffle=False, num_workers=num_workers)
         text_loader = DataLoader(TextSet(eval_set.captions, eval_set.caption_pids, tokenizer),
                                  batch_size=batch_size, shuffle=False, num_workers=0)

@@ -98,6 +98,9 @@ def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     cfg = dataclasses.replace(cfg)
     cfg.output_dir = str(Path(cfg.output_dir).expanduser().resolve())
     cfg.data = dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).expanduser().resolve()))
+    if cfg.data.image_cache not in ("off", "auto"):
+        cfg.data = dataclasses.replace(
+            cfg.data, image_cache=str(Path(cfg.data.image_cache).expanduser().resolve()))
     for key in ("pretrained", "init_from"):
         if getattr(cfg.model, key) is not None:
             cfg.model = dataclasses.replace(
@@ -205,6 +208,7 @@ def build_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer):
 
 
 def build_train_loader(cfg: ExperimentConfig, data, tokenizer, device: torch.device):
+    from iclf.data.cache import train_image_cache
     from iclf.data.datasets import TrainPairs, collate
     from iclf.data.sampler import IdentitySampler
     from iclf.data.transforms import build_train_transform
@@ -213,10 +217,14 @@ def build_train_loader(cfg: ExperimentConfig, data, tokenizer, device: torch.dev
     transform = build_train_transform(tuple(cfg.model.image_size), flip=d.augment.flip,
                                       pad_crop=d.augment.pad_crop,
                                       random_erasing=d.augment.random_erasing)
+    # data.image_cache: the decoded, resized training images from one shared file (built on first use)
+    image_cache = train_image_cache(data, tuple(cfg.model.image_size), d.image_cache, d.root,
+                                    num_workers=d.num_workers)
     dataset = TrainPairs(data.train, transform=transform, tokenizer=tokenizer,
                          mask_rate=d.masking.rate, mask_prob=d.masking.mask_prob,
                          random_prob=d.masking.random_prob,
-                         mask_global_text=d.masking.mask_global_text, seed=cfg.seed)
+                         mask_global_text=d.masking.mask_global_text, seed=cfg.seed,
+                         image_cache=image_cache)
     sampler = None
     if d.sampler == "identity":
         sampler = IdentitySampler([s.pid for s in data.train], p=d.batch_size // d.num_instance,

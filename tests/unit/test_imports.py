@@ -8,9 +8,9 @@ import pytest
 
 HEAVY = ("ray", "mlflow", "optuna")
 CORE = ["iclf", "iclf.models", "iclf.tokenizer", "iclf.losses", "iclf.objective", "iclf.metrics",
-        "iclf.data", "iclf.data.pedes", "iclf.data.synthetic", "iclf.config", "iclf.engine",
-        "iclf.engine.trainer", "iclf.engine.pretrain", "iclf.analysis", "iclf.precision",
-        "iclf.models.reference", "iclf.engine.runs"]
+        "iclf.data", "iclf.data.pedes", "iclf.data.synthetic", "iclf.data.cache", "iclf.config",
+        "iclf.engine", "iclf.engine.trainer", "iclf.engine.pretrain", "iclf.analysis",
+        "iclf.precision", "iclf.models.reference", "iclf.engine.runs"]
 # The command line registers every subcommand at start-up; their modules defer the heavy imports.
 COMMANDS = ["iclf.cli", "iclf.sweep.cli", "iclf.sweep.spec", "iclf.analysis.cli", "iclf.demo"]
 
