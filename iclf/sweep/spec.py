@@ -773,6 +773,14 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
     t = spec.tracking
     if t.uri is not None and not isinstance(t.uri, str):
         raise where.fail("tracking.uri", f"expected a URI or null, got {t.uri!r}")
+    if t.uri is not None:
+        from iclf.tracking.store import has_password, redact
+
+        if has_password(t.uri):
+            raise where.fail("tracking.uri", f"{redact(t.uri)} carries a password, which would be "
+                             f"saved with the sweep (its spec artifact, sweep.json): remove it and "
+                             f"set PGPASSWORD or ~/.pgpass (a database) or MLFLOW_TRACKING_PASSWORD "
+                             f"(an MLflow server)")
     if t.experiment is not None and (not isinstance(t.experiment, str) or not t.experiment):
         raise where.fail("tracking.experiment", f"expected a name or null, got {t.experiment!r}")
     _validate_space(where, spec)

@@ -62,6 +62,9 @@ class TrialContext:
     parent_run_id: str
     sweep_dir: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The driver's tracking login (MLFLOW_TRACKING_USERNAME/PASSWORD, ...), set in the trial's
+    # environment before it connects: Ray workers do not inherit the driver's environment.
+    credentials: Any = None
     # Called as ``epoch_hook(epoch, trial_id)`` after an epoch is logged to MLflow and before it is
     # reported to Tune (fault-injection tests; custom instrumentation). Must be picklable.
     epoch_hook: Callable[[int, str], None] | None = None
@@ -189,6 +192,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     runs_dir = Path(ctx.sweep_dir) / "runs"
     cfg = spec.trial_config(params, seed, name=trial_id, output_dir=str(runs_dir))
     key = config_key(params)
+    if ctx.credentials:
+        ctx.credentials.apply()
     client = connect(ctx.tracking_uri)
     done = find_trial_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id)
     if done is not None and done.info.status == "FINISHED":
@@ -414,6 +419,7 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     from iclf.tracking import mlflow as tracking
+    from iclf.tracking.credentials import Credentials
 
     storage, sweep_dir, uri = sweep_paths(spec)
     state_path = sweep_dir / STATE_FILE
@@ -466,7 +472,7 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
                   .get("git_sha", "unknown")}
     ctx = TrialContext(spec=spec, tracking_uri=uri, experiment_id=experiment_id,
                        parent_run_id=parent_run_id, sweep_dir=str(sweep_dir), tags=child_tags,
-                       epoch_hook=epoch_hook)
+                       credentials=Credentials.from_env(), epoch_hook=epoch_hook)
 
     t0 = time.perf_counter()
     started_ray = _init_ray(address, num_cpus)
@@ -527,11 +533,14 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     return outcome
 
 
-def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int) -> dict[str, float]:
+def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int,
+                      credentials=None) -> dict[str, float]:
     """Test metrics of a run's selected checkpoint, logged once (a Ray task on a trial's resources)."""
     from iclf.engine import evaluate_run
     from iclf.tracking.mlflow import RunLogger, connect
 
+    if credentials:
+        credentials.apply()
     test = evaluate_run(run_dir, which="best", split="test")
     logger = RunLogger(connect(tracking_uri), run_id)
     logger.log_once({f"test/{k}": v for k, v in test.items()}, step=step)
@@ -554,8 +563,10 @@ def evaluate_stopped_trials(client, experiment_id: str, parent_run_id: str,
         return 0
     task = ray.remote(_evaluate_and_log).options(num_cpus=resources["cpu"],
                                                  num_gpus=resources["gpu"], max_retries=1)
+    from iclf.tracking.credentials import Credentials
+
     refs = [task.remote(r.data.tags["run_dir"], client.tracking_uri, r.info.run_id,
-                        int(r.data.metrics.get(TIME_ATTR, 0))) for r in todo]
+                        int(r.data.metrics.get(TIME_ATTR, 0)), Credentials.from_env()) for r in todo]
     ray.get(refs)
     return len(refs)
 
