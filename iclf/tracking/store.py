@@ -124,7 +124,7 @@ def explain(exc: BaseException, uri: str) -> TrackingError:
 def open_client(uri: str, policy: Any = None):
     """A :class:`~iclf.tracking.retry.RetryingClient` on ``uri``, after a first successful call
     (which, for SQLite, creates the directory, the database and its schema)."""
-    from iclf.tracking.retry import RetryingClient, limit_http_retries
+    from iclf.tracking.retry import RetryingClient, limit_http_retries, retry_call
 
     check_driver(uri)
     if is_server(uri):
@@ -133,9 +133,12 @@ def open_client(uri: str, policy: Any = None):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     from mlflow import MlflowClient
 
-    client = RetryingClient(MlflowClient(tracking_uri=uri), where=redact(uri), policy=policy)
+    where = redact(uri)
     try:
-        client.search_experiments(max_results=1)  # the store (and a fresh schema) comes to exist
+        # MlflowClient opens a database store (and creates a fresh schema) when it is built.
+        client = RetryingClient(retry_call(MlflowClient, tracking_uri=uri, what="MLflow connect",
+                                           where=where, policy=policy), where=where, policy=policy)
+        client.search_experiments(max_results=1)  # a server answers (and checks the login)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the fix
         raise explain(exc, uri) from exc
     return client
