@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ def _http_status(exc: BaseException) -> int | None:
 
     if isinstance(exc, RestException) or (isinstance(exc, MlflowException)
                                           and str(exc).startswith("API request to")):
+        match = re.search(r"failed with error code (\d{3})", str(exc))
+        if match:  # a response that was not MLflow's JSON error (e.g. the login check's 401)
+            return int(match[1])
         try:
             return int(exc.get_http_status_code())
         except (TypeError, ValueError):
