@@ -11,7 +11,10 @@ flight then finishes (or gives up within the retry budget). The stores, all on 1
 * ``server-sqlite``: an MLflow server (default 4 workers) on a SQLite file (the old cluster advice);
 * ``server-postgres``: an MLflow server (4 workers) with MLflow's basic-auth app on a private
   PostgreSQL (the distribution's binaries, default durability settings), each logger logging in
-  as a user of the server: the cluster setup the README recommends.
+  as a user of the server, with MLflow's auth cache on (60 s): the cluster setup the README
+  recommends. ``server-postgres-nocache`` (only when asked for in ``--stores``): the same with the
+  auth cache off, MLflow's default, where every request checks the password hash;
+  ``server-postgres-nologin``: the same server without MLflow's login.
 
 For each store and N: points sent (batches attempted x 10), points written (read back from the
 store after the loggers ended: every metric history of every run), lost (sent, not written),
@@ -47,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tests/servers.py: the private PostgreSQL and servers
 
 STORES = ("sqlite", "server-sqlite", "server-postgres")
+# The recommended server without MLflow's auth cache, and without a login at all.
+EXTRA_STORES = ("server-postgres-nocache", "server-postgres-nologin")
 KEYS = tuple(f"m{i}" for i in range(10))
 
 
@@ -106,19 +111,21 @@ def _logger(uri: str, run_id: str, env: dict, start: "mp.Value", duration: float
                "retried_calls": retried, "latencies": latencies, "errors": errors[:3]})
 
 
-def _read_back(uri: str, run_ids: list[str], env: dict, queue) -> None:
-    """(In a child process.) Points written per run, and how many (key, step) pairs twice."""
+def _read_back(db_uri: str, run_ids: list[str], env: dict, queue) -> None:
+    """(In a child process.) From the store's database itself (faster than thousands of REST
+    calls through a login): points written for these runs, and how many (run, key, step) were
+    written more than once."""
     os.environ.update(env)
-    from iclf.tracking.mlflow import connect
+    import sqlalchemy
 
-    client = connect(uri)
-    written, duplicated = 0, 0
-    for rid in run_ids:
-        for key in KEYS:
-            hist = client.get_metric_history(rid, key)
-            written += len(hist)
-            duplicated += len(hist) - len({m.step for m in hist})
-    queue.put((written, duplicated))
+    engine = sqlalchemy.create_engine(db_uri)
+    ids = ", ".join(f"'{r}'" for r in run_ids)
+    with engine.connect() as conn:
+        written, distinct = conn.execute(sqlalchemy.text(
+            "SELECT count(*), count(DISTINCT run_uuid || '/' || key || '/' || CAST(step AS TEXT)) "
+            f"FROM metrics WHERE run_uuid IN ({ids})")).one()
+    engine.dispose()
+    queue.put((int(written), int(written) - int(distinct)))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -128,7 +135,8 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def run_case(uri: str, n: int, env: dict, duration: float, interval: float) -> dict:
+def run_case(uri: str, db_uri: str, db_env: dict, n: int, env: dict, duration: float,
+             interval: float) -> dict:
     ctx = mp.get_context("fork")  # the parent never opens a store: nothing shared but code
     queue = ctx.Queue()
     p = ctx.Process(target=_setup, args=(uri, n, env, queue))
@@ -151,7 +159,7 @@ def run_case(uri: str, n: int, env: dict, duration: float, interval: float) -> d
     wall = time.time() - t0
     for proc in procs:
         proc.join(timeout=60)
-    p = ctx.Process(target=_read_back, args=(uri, run_ids, env, queue))
+    p = ctx.Process(target=_read_back, args=(db_uri, run_ids, db_env, queue))
     p.start()
     written, duplicated = queue.get(timeout=1800)
     p.join()
@@ -177,18 +185,22 @@ def run_case(uri: str, n: int, env: dict, duration: float, interval: float) -> d
 
 @contextlib.contextmanager
 def open_store(kind: str, work: Path):
-    """Yields ``(uri, env for the loggers, description)`` for a fresh store of ``kind``."""
+    """A fresh store of ``kind``; yields ``(uri, the loggers' env, its database's URI and env,
+    description)``."""
     import servers
 
     if kind == "sqlite":
-        yield f"sqlite:///{work / 'direct.db'}", {}, "SQLite file, opened by every logger"
+        db = f"sqlite:///{work / 'direct.db'}"
+        yield db, {}, db, {}, "SQLite file, opened by every logger"
         return
     if kind == "server-sqlite":
-        with servers.mlflow_server(f"sqlite:///{work / 'server.db'}", work / "srv-sqlite",
-                                   workers=4) as srv:
-            yield srv.url, {}, "mlflow server (4 workers) on a SQLite file, no auth"
+        db = f"sqlite:///{work / 'server.db'}"
+        with servers.mlflow_server(db, work / "srv-sqlite", workers=4) as srv:
+            yield srv.url, {}, db, {}, "mlflow server (4 workers) on a SQLite file, no login"
         return
-    if kind == "server-postgres":
+    if kind.startswith("server-postgres"):
+        cache_s = 60 if kind == "server-postgres" else 0
+        login = kind != "server-postgres-nologin"
         reason = servers.postgres_missing() or servers.auth_missing()
         if reason:
             raise RuntimeError(reason)
@@ -196,14 +208,18 @@ def open_store(kind: str, work: Path):
         with servers.postgres(durable=True) as pg:
             db = pg.create_database("mlflow", "mlflow", password)
             auth = pg.create_database("mlflow_auth", "mlflow", password)
-            with servers.mlflow_server(db, work / "srv-pg", auth_db_uri=auth, workers=4,
-                                       env={"PGPASSWORD": password}) as srv:
-                user_pw = secrets.token_urlsafe(12)
-                srv.create_user("bench", user_pw)
-                yield srv.url, {"MLFLOW_TRACKING_USERNAME": "bench",
-                                "MLFLOW_TRACKING_PASSWORD": user_pw}, \
-                    "mlflow server (4 workers, basic auth) on PostgreSQL " + \
-                    pg.psql("SHOW server_version").strip()
+            db_env = {"PGPASSWORD": password}
+            with servers.mlflow_server(db, work / "srv-pg", auth_db_uri=auth if login else None,
+                                       workers=4, auth_cache_s=cache_s, env=db_env) as srv:
+                env = {}
+                if login:
+                    env = {"MLFLOW_TRACKING_USERNAME": "bench",
+                           "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(12)}
+                    srv.create_user("bench", env["MLFLOW_TRACKING_PASSWORD"])
+                version = pg.psql("SHOW server_version").strip()
+                what = (f"basic-auth login, auth cache {cache_s} s" if login else "no login")
+                yield srv.url, env, db, db_env, \
+                    f"mlflow server (4 workers, {what}) on PostgreSQL {version}"
         return
     raise ValueError(kind)
 
@@ -221,9 +237,10 @@ def main(argv=None) -> int:
         args.loggers, args.duration = "2,4", 3.0
     counts = [int(x) for x in args.loggers.split(",")]
     stores = [s.strip() for s in args.stores.split(",")]
-    unknown = set(stores) - set(STORES)
+    unknown = set(stores) - set(STORES) - set(EXTRA_STORES)
     if unknown:
-        ap.error(f"--stores: unknown {sorted(unknown)}; known: {', '.join(STORES)}")
+        ap.error(f"--stores: unknown {sorted(unknown)}; known: "
+                 f"{', '.join(STORES + EXTRA_STORES)}")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # noqa: F401 - imported once here, inherited by every forked logger
 
@@ -246,9 +263,9 @@ def main(argv=None) -> int:
                 case_dir = work / f"{kind}-{n}"
                 case_dir.mkdir()
                 t0 = time.time()
-                with open_store(kind, case_dir) as (uri, env, what):
+                with open_store(kind, case_dir) as (uri, env, db_uri, db_env, what):
                     entry["store"] = what
-                    case = run_case(uri, n, env, args.duration, args.interval)
+                    case = run_case(uri, db_uri, db_env, n, env, args.duration, args.interval)
                 case["case_s"] = round(time.time() - t0, 1)
                 entry["cases"].append(case)
                 print(f"[tracking_load] {kind} x{n}: {case['points_written']}/"

@@ -216,10 +216,12 @@ class MlflowServer:
 
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, workdir: Path, *, auth_db_uri: str | None = None,
-                  env: dict[str, str] | None = None, workers: int = 1, timeout: float = 180):
+                  auth_cache_s: int = 0, env: dict[str, str] | None = None, workers: int = 1,
+                  timeout: float = 180):
     """``mlflow server`` on 127.0.0.1 with ``backend_uri`` and artifacts under ``workdir``; with
     ``auth_db_uri``, MLflow's basic-auth app (user store there, admin ``admin`` with a random
-    password, default permission READ). ``env`` adds variables (PGPASSWORD for a PostgreSQL
+    password, default permission READ; ``auth_cache_s``: how long a worker trusts a checked
+    password, MLflow's ``auth_cache_ttl_seconds``, 0 = off as by default). ``env`` adds variables (PGPASSWORD for a PostgreSQL
     store). Yields :class:`MlflowServer`."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +239,8 @@ def mlflow_server(backend_uri: str, workdir: Path, *, auth_db_uri: str | None = 
         ini.write_text("[mlflow]\ndefault_permission = READ\n"
                        f"database_uri = {auth_db_uri}\nadmin_username = admin\n"
                        "authorization_function = "
-                       "mlflow.server.auth:authenticate_request_basic_auth\n")
+                       "mlflow.server.auth:authenticate_request_basic_auth\n"
+                       f"auth_cache_ttl_seconds = {int(auth_cache_s)}\n")
         server_env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
                           MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
         cmd += ["--app-name", "basic-auth"]

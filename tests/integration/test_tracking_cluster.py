@@ -47,7 +47,7 @@ def store(tmp_path_factory):
     with servers.postgres() as pg:
         db_uri = pg.create_database("mlflow", "mlflow", DB_PASSWORD)
         auth_uri = pg.create_database("mlflow_auth", "mlflow", DB_PASSWORD)
-        with servers.mlflow_server(db_uri, tmp / "server", auth_db_uri=auth_uri,
+        with servers.mlflow_server(db_uri, tmp / "server", auth_db_uri=auth_uri, auth_cache_s=60,
                                    env={"PGPASSWORD": DB_PASSWORD}) as server:
             server.create_user(USER, PASSWORD)
             yield pg, server, db_uri, tmp
@@ -242,3 +242,12 @@ def test_iclf_ui_serves_the_postgresql_store_on_loopback_without_login(store, sw
         assert "tracking database: " + db_uri in rest[-1], rest
     finally:
         servers.stop_group(proc)
+
+
+def test_iclf_ui_on_the_server_points_at_the_server_itself(store, swept):
+    _, server, _, _ = store
+    out = _iclf(["ui", "pgauth", "--tracking-uri", server.url], MLFLOW_TRACKING_USERNAME=USER,
+                MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.fullmatch(rf"MLflow UI for sweep pgauth: {re.escape(server.url)}/#/experiments/\d+/"
+                        r"runs \(served by the tracking server; log in there\)\n", out.stdout)

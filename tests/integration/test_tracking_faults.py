@@ -174,3 +174,36 @@ def test_a_sweep_refuses_a_password_in_its_tracking_uri(tmp_path):
                                          "postgresql+psycopg://mlflow:***@h/db carries a password")
     assert secret not in out.stderr + out.stdout
     assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_database_is_locked_as_its_trials_start_finishes_them_all(tmp_path):
+    """Issue 13's row: another process holds BEGIN EXCLUSIVE for 20 s as the trials start. Before
+    the retry layer both trials failed in connect() and used up their retry, Ray said "2 errored
+    trials" and the CLI "0 failed". Now the lock is waited out: every trial finishes, each epoch
+    is logged once, and Tune's count and the CLI's agree."""
+    import re
+
+    from tiny_sweep import sweep_runs, write_tiny_spec
+
+    spec = write_tiny_spec(tmp_path, "locked", "lora.rank: {grid: [0, 4]}", epochs=2)
+    proc = subprocess.Popen([sys.executable, "-m", "iclf", "sweep", str(spec), "--num-cpus", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(ICLF_TRACKING_RETRY_S="120"), cwd=tmp_path)
+    state = tmp_path / "ray" / "locked" / "sweep.json"
+    deadline = time.monotonic() + 600
+    while not state.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.is_file(), proc.communicate()[0][-3000:]
+    locker = hold_lock(tmp_path / "mlflow.db", 20)  # the driver has its parent run; trials start
+    out, _ = proc.communicate(timeout=900)
+    locker.wait(timeout=60)
+    assert proc.returncode == 0, out[-4000:]
+    assert "database is locked; retrying" in out
+    assert "[iclf] sweep locked: 2 finished, 0 failed of 2 trials" in out
+    assert re.findall(r"Trial status: ([^\n]*)", out)[-1].strip() == "2 TERMINATED"
+    client, parents, kids = sweep_runs(tmp_path, "locked")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(k.info.status for k in kids) == ["FINISHED", "FINISHED"]
+    for run in kids:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
