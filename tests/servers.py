@@ -217,7 +217,7 @@ class MlflowServer:
 @contextlib.contextmanager
 def mlflow_server(backend_uri: str, workdir: Path, *, auth_db_uri: str | None = None,
                   auth_cache_s: int = 0, env: dict[str, str] | None = None, workers: int = 1,
-                  timeout: float = 180):
+                  port: int | None = None, timeout: float = 180):
     """``mlflow server`` on 127.0.0.1 with ``backend_uri`` and artifacts under ``workdir``; with
     ``auth_db_uri``, MLflow's basic-auth app (user store there, admin ``admin`` with a random
     password, default permission READ; ``auth_cache_s``: how long a worker trusts a checked
@@ -225,7 +225,7 @@ def mlflow_server(backend_uri: str, workdir: Path, *, auth_db_uri: str | None = 
     store). Yields :class:`MlflowServer`."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     server_env = {**os.environ, **(env or {}), "MLFLOW_BACKEND_STORE_URI": backend_uri,
                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):

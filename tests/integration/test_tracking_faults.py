@@ -25,14 +25,17 @@ from iclf.tracking.mlflow import connect, ensure_experiment  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 LOGGER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from iclf.tracking.mlflow import RunLogger, connect
     uri, run_id, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    gate = sys.argv[4] if len(sys.argv) > 4 else None  # epochs 2 and 3 wait for this file
     logger = RunLogger(connect(uri), run_id)
     print("opened", flush=True)
     time.sleep(wait)  # the test takes its lock here when it wants the logging, not the opening, hit
     t0 = time.monotonic()
     for epoch in (1, 2, 3):
+        while epoch > 1 and gate and not os.path.exists(gate):
+            time.sleep(0.05)
         logger.log_epoch(epoch, {"val/R1": 10.0 * epoch, "train/loss": 1.0 / epoch})
     print(f"logged in {time.monotonic() - t0:.1f} s", flush=True)
 """)
@@ -207,3 +210,35 @@ def test_a_sweep_whose_database_is_locked_as_its_trials_start_finishes_them_all(
     assert sorted(k.info.status for k in kids) == ["FINISHED", "FINISHED"]
     for run in kids:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_trial_that_loses_the_server_mid_run_retries_and_loses_nothing(tmp_path):
+    """The MLflow server goes away after epoch 1 and comes back on the same port 10 s later: the
+    trial's next log call retries through the outage (connection refused) and lands once."""
+    import servers
+
+    port = servers.free_port()
+    url = f"http://127.0.0.1:{port}"
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    with servers.mlflow_server(db, tmp_path / "one", port=port):
+        client = connect(url)
+        run_id = client.create_run(ensure_experiment(client, "outage")).info.run_id
+        gate = tmp_path / "server-stopped"
+        proc = subprocess.Popen([sys.executable, "-c", LOGGER, url, run_id, "0", str(gate)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env(ICLF_TRACKING_RETRY_S="120"))
+        assert proc.stdout.readline().strip() == "opened"
+        deadline = time.monotonic() + 120
+        while not steps(client, run_id, "epoch") and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert steps(connect(db), run_id, "epoch") == [(1, 1.0)]
+    gate.touch()  # the server is down now: epochs 2 and 3 meet a refused connection
+    time.sleep(10)
+    with servers.mlflow_server(db, tmp_path / "two", port=port):
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        client = connect(url)
+        assert steps(client, run_id, "val/R1") == [(1, 10.0), (2, 20.0), (3, 30.0)]
+        assert steps(client, run_id, "epoch") == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert "connection refused; retrying" in err and "succeeded after" in err
