@@ -2,7 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Extras beyond the test tools, comma-separated: `make install EXTRAS=cluster` adds the PostgreSQL
+# driver and MLflow's basic-auth dependencies (README, "On a Ray cluster").
+EXTRAS ?=
+comma := ,
+PIP_EXTRAS := test$(if $(strip $(EXTRAS)),$(comma)$(strip $(EXTRAS)))
+STAMP := $(VENV)/.installed$(if $(strip $(EXTRAS)),-$(subst $(comma),-,$(strip $(EXTRAS))))
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_AUTH_MODE ?= disabled
@@ -15,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	# torch and torchvision first: pip takes these two from this machine's disk.
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[$(PIP_EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)

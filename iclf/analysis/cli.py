@@ -97,6 +97,7 @@ class SweepRef:
 
 
 def _connect(uri: str):
+    from iclf.tracking.errors import TrackingError
     from iclf.tracking.mlflow import connect
     from iclf.tracking.uri import sqlite_path
 
@@ -104,7 +105,10 @@ def _connect(uri: str):
     if db is not None and not db.is_file():
         raise _usage(f"no tracking database at {db}: run a sweep first (iclf sweep "
                      f"ablations/demo.yaml) or pass --tracking-uri")
-    return connect(uri)
+    try:
+        return connect(uri)
+    except TrackingError as exc:
+        raise _usage(str(exc)) from None
 
 
 def resolve_sweep(target: str | None, tracking_uri: str | None = None) -> SweepRef:
@@ -395,6 +399,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from iclf.tracking.store import is_server, redact
     from iclf.tracking.uri import resolve_tracking_uri
 
     if args.sweep is None and args.tracking_uri is None and not Path(DEFAULT_DB).is_file():
@@ -409,10 +414,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
         uri = resolve_tracking_uri(args.tracking_uri, DEFAULT_DB)
         _connect(uri)
         exp_id, what = None, f"no sweep yet ({exc})"
+    if is_server(uri):  # an MLflow server (a cluster's) is its own UI
+        page = f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs" if exp_id is not None else uri
+        print(f"MLflow UI for {what}: {page} (served by the tracking server; log in there)")
+        return 0
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", args.host, "--port",
+           str(args.port), "--workers", "1"]
     env = dict(os.environ)
+    # The store URI through the environment, not the command line, which `ps` shows to everyone
+    # (a PostgreSQL URI may carry a password).
+    env["MLFLOW_BACKEND_STORE_URI"] = uri
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # The server and its workers get their own process group, ended as one below; SIGTERM to us
     # (a test, a process manager) unwinds through the same `finally` as Ctrl-C.
@@ -430,7 +442,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             print(f"  the sweep's parent run: {base}/#/experiments/{exp_id}/runs/"
                   f"{ref.parent_run_id} (summary tables and plots under Artifacts > report)",
                   flush=True)
-        print(f"  tracking database: {uri}; stop with Ctrl-C", flush=True)
+        print(f"  tracking database: {redact(uri)}; stop with Ctrl-C", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

@@ -79,6 +79,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from iclf.sweep import tune as sweep_tune
+    from iclf.tracking.errors import TrackingError
 
     print(f"[iclf] sweep {spec.sweep_name}: {spec.num_trials()} trials "
           f"({spec.search.algorithm} search, {spec.scheduler.name} scheduler, seeds "
@@ -86,7 +87,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     try:
         outcome = sweep_tune.run_sweep(spec, address=args.address, resume=args.resume,
                                        num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
-    except (sweep_tune.SweepError, ConfigError) as exc:
+    except (sweep_tune.SweepError, ConfigError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"[iclf] sweep {outcome.sweep}: {outcome.finished} finished, {outcome.failed} failed of "

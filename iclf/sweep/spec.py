@@ -700,6 +700,14 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
     if not spec.storage_path:
         raise where.fail("storage_path", f"expected a path, got {spec.storage_path!r}")
     t = spec.tracking
+    if t.uri is not None:
+        from iclf.tracking.store import has_password, redact
+
+        if has_password(t.uri):
+            raise where.fail("tracking.uri", f"{redact(t.uri)} carries a password, which would be "
+                             f"saved with the sweep (its spec artifact, sweep.json): remove it and "
+                             f"set PGPASSWORD or ~/.pgpass (a database) or MLFLOW_TRACKING_PASSWORD "
+                             f"(an MLflow server)")
     if t.experiment is not None and not t.experiment:
         raise where.fail("tracking.experiment", f"expected a name or null, got {t.experiment!r}")
     _validate_space(where, spec)

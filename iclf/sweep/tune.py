@@ -68,6 +68,9 @@ class TrialContext:
     parent_run_id: str
     sweep_dir: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    # The driver's tracking login (MLFLOW_TRACKING_USERNAME/PASSWORD, ...), set in the trial's
+    # environment before it connects: Ray workers do not inherit the driver's environment.
+    credentials: Any = None
     # Called as ``epoch_hook(epoch, trial_id)`` after an epoch is logged to MLflow and before it is
     # reported to Tune (fault-injection tests; custom instrumentation). Must be picklable.
     epoch_hook: Callable[[int, str], None] | None = None
@@ -246,6 +249,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     runs_dir = Path(ctx.sweep_dir) / "runs"
     cfg = spec.trial_config(params, seed, name=trial_id, output_dir=str(runs_dir))
     key = config_key(params)
+    if ctx.credentials:
+        ctx.credentials.apply()
     client = connect(ctx.tracking_uri)
     done = find_trial_run(client, ctx.experiment_id, ctx.parent_run_id, trial_id)
     if done is not None and done.info.status == "FINISHED":
@@ -474,6 +479,7 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from iclf.tracking import mlflow as tracking
+    from iclf.tracking.credentials import Credentials
 
     t_start = time.perf_counter()
     timings = _Timings()
@@ -488,7 +494,7 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
                        experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
                        sweep_dir=str(paths.sweep_dir), tags=_child_tags(client, spec, record),
-                       epoch_hook=epoch_hook)
+                       credentials=Credentials.from_env(), epoch_hook=epoch_hook)
     with timings("ray_init_s"):
         started_ray = _init_ray(address, num_cpus)
     try:
@@ -619,11 +625,14 @@ def finalize(spec: AblationSpec, client, record, sweep_dir: Path,
     return report
 
 
-def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int) -> dict[str, float]:
+def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int,
+                      credentials=None) -> dict[str, float]:
     """Test metrics of a run's selected checkpoint, logged once (a Ray task on a trial's resources)."""
     from iclf.engine import evaluate_run
     from iclf.tracking.mlflow import RunLogger, connect
 
+    if credentials:
+        credentials.apply()
     test = evaluate_run(run_dir, which="best", split="test")
     logger = RunLogger(connect(tracking_uri), run_id)
     logger.log_once({f"test/{k}": v for k, v in test.items()}, step=step)
@@ -645,8 +654,10 @@ def evaluate_stopped_trials(client, record, resources: Mapping[str, float]) -> i
         return 0
     task = ray.remote(_evaluate_and_log).options(num_cpus=resources["cpu"],
                                                  num_gpus=resources["gpu"], max_retries=1)
+    from iclf.tracking.credentials import Credentials
+
     refs = [task.remote(r.data.tags[RUN_DIR_TAG], client.tracking_uri, r.info.run_id,
-                        int(r.data.metrics.get(EPOCH, 0))) for r in todo]
+                        int(r.data.metrics.get(EPOCH, 0)), Credentials.from_env()) for r in todo]
     ray.get(refs)
     return len(refs)
 

@@ -43,13 +43,12 @@ MAX_VALUE = 6000                  # longest param value MLflow stores
 
 
 def connect(uri: str) -> MlflowClient:
-    """A client on ``uri``; for SQLite, creates the directory and the database (schema) now."""
-    path = sqlite_path(uri)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri)
-    client.search_experiments(max_results=1)  # forces the store (and a fresh schema) into existence
-    return client
+    """A client on ``uri`` whose calls retry transient failures (:mod:`iclf.tracking.retry`); for
+    SQLite, creates the directory and the database (schema) now. A store that cannot be used
+    raises a one-line :class:`~iclf.tracking.errors.TrackingError` (:mod:`iclf.tracking.store`)."""
+    from iclf.tracking.store import open_client
+
+    return open_client(uri)
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
@@ -320,7 +319,7 @@ def load_sweep_frames(tracking_uri: str, parent_run_id: str | None = None, *,
     """
     import pandas as pd
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = connect(tracking_uri)
     if parent_run_id is None:
         if sweep is None:
             raise ValueError("pass parent_run_id or sweep")
