@@ -69,25 +69,83 @@ class ModelConfig:
     temp_init: float = 0.07
 
 
-@dataclass
-class LoraTargets:
-    vision: list[Literal["q", "k", "v", "out", "mlp"]] = field(
-        default_factory=lambda: ["q", "k", "v", "out"])
-    text: list[Literal["q", "k", "v", "out", "mlp"]] = field(
-        default_factory=lambda: ["q", "k", "v", "out"])
+LoraVariant = Literal["lora", "dora", "rslora"]
+LoraTarget = Literal["q", "k", "v", "out", "mlp"]
+#: Towers of the backbone LoRA can adapt, and the projections it can target in each block
+#: (iclf.models.lora maps them onto module names).
+LORA_TOWERS: tuple[str, ...] = ("vision", "text")
+LORA_TARGETS: tuple[str, ...] = typing.get_args(LoraTarget)
+
+
+def _default_lora_targets() -> dict[str, tuple[str, ...]]:
+    return {"vision": ("q", "k", "v", "out"), "text": ("q", "k", "v", "out")}
 
 
 @dataclass
-class LoraConfig:
-    """LoRA on the backbone (method.md 1.7). rank 0 means full fine-tuning."""
+class LoraSettings:
+    """How the backbone is adapted (method.md 1.7; the defaults are its recommended configuration):
+    the ``lora`` section of an experiment and what :func:`iclf.models.lora.apply_lora` takes.
 
-    rank: int = 0
+    Attributes:
+        rank: LoRA rank r; 0 means full fine-tuning (no adapters, everything trains).
+        alpha: LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) for rsLoRA).
+        dropout: dropout on the LoRA input (training mode only).
+        targets: per tower ("vision", "text"), the projections that get adapters, from
+            "q", "k", "v", "out" (attention) and "mlp" (c_fc and c_proj). A tower left out (or
+            with an empty list) is frozen.
+        variant: "lora", "dora" (peft ``use_dora``) or "rslora" (peft ``use_rslora``).
+        train_norms: keep every LayerNorm of the backbone trainable.
+        train_proj: keep ``visual.proj`` and ``text.text_projection`` trainable.
+
+    Invalid values raise :class:`ConfigError` naming the field (``lora.<field>`` in a config).
+    """
+
+    rank: int = 16
     alpha: float = 32.0
     dropout: float = 0.1
-    variant: Literal["lora", "dora", "rslora"] = "lora"
-    targets: LoraTargets = field(default_factory=LoraTargets)
-    train_norms: bool = True
-    train_proj: bool = True
+    targets: dict[str, list[LoraTarget]] = field(default_factory=_default_lora_targets)
+    variant: LoraVariant = "lora"
+    train_norms: bool = False
+    train_proj: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(msg, key=key)
+
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
+            raise bad("rank", f"must be >= 0 (0 = full fine-tuning), got {self.rank!r}")
+        if not self.alpha > 0:
+            raise bad("alpha", f"must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if self.variant not in typing.get_args(LoraVariant):
+            raise bad("variant", f"{self.variant!r} is not one of {typing.get_args(LoraVariant)}")
+        if not isinstance(self.targets, Mapping):
+            raise bad("targets", f"must map a tower {LORA_TOWERS} to a list of targets, got "
+                                 f"{self.targets!r}")
+        targets: dict[str, tuple[str, ...]] = {}
+        for tower, names in self.targets.items():
+            if tower not in LORA_TOWERS:
+                raise bad(f"targets.{tower}", f"unknown tower {tower!r}; use one of {LORA_TOWERS}")
+            if isinstance(names, str):
+                raise bad(f"targets.{tower}", f"must be a list of names, got the string {names!r}")
+            names = tuple(names)
+            for name in names:
+                if name not in LORA_TARGETS:
+                    raise bad(f"targets.{tower}", f"unknown target {name!r}; use any of "
+                                                  f"{LORA_TARGETS}")
+            if len(set(names)) != len(names):
+                raise bad(f"targets.{tower}", f"repeats a target: {names}")
+            if names:
+                targets[tower] = names
+        if self.rank > 0 and not targets:
+            raise bad("targets", "rank > 0 but the targets name no layer in any tower")
+        self.targets = targets
+
+    @property
+    def full_finetune(self) -> bool:
+        """True when rank is 0 (no adapters; every backbone parameter trains)."""
+        return self.rank == 0
 
 
 @dataclass
@@ -225,7 +283,7 @@ class ExperimentConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     output_dir: str = "runs/train"
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig | None = field(default_factory=LoraConfig)
+    lora: LoraSettings | None = None  # null (or rank 0): full fine-tuning
     fusion: FusionConfig = field(default_factory=FusionConfig)
     losses: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -263,12 +321,6 @@ def validate(cfg: ExperimentConfig) -> None:
     _check(m.init_from is None or m.pretrained is None, "model.init_from",
            "the IRRA/ICLF checkpoint holds every backbone weight, so model.pretrained would go "
            "unused: set model.pretrained=null")
-    lo = cfg.lora if cfg.lora is not None else LoraConfig(rank=0)
-    _check(lo.rank >= 0, "lora.rank", "must be >= 0 (0 = full fine-tuning)")
-    _check(lo.alpha > 0, "lora.alpha", "must be > 0")
-    _check(0 <= lo.dropout < 1, "lora.dropout", "must be in [0, 1)")
-    _check(lo.rank == 0 or bool(lo.targets.vision or lo.targets.text), "lora.targets",
-           "LoRA needs at least one target")
     fu = cfg.fusion
     _check(0 <= fu.depth <= 24, "fusion.depth", "must be in [0, 24]")
     _check(fu.heads > 0, "fusion.heads", "must be > 0")
@@ -311,7 +363,7 @@ def validate(cfg: ExperimentConfig) -> None:
     for k in ("lr_factor_new", "lr_factor_bias", "lr_factor_adapter"):
         _check(getattr(o, k) > 0, f"optim.{k}", "must be > 0")
     if o.groups == "reference":
-        _check(lo.rank == 0, "optim.groups",
+        _check(cfg.lora is None or cfg.lora.rank == 0, "optim.groups",
                "'reference' applies IRRA's rule to the reference model's parameter names, which has "
                "no LoRA adapters; use optim.groups=module with lora.rank > 0")
         fusion_built = fu.depth > 0 and (w.mlm > 0 or w.itm > 0)
@@ -439,7 +491,11 @@ def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     for name in (f.name for f in dataclasses.fields(cls) if f.name in data):
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = coerce(data[name], hints[name], key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a section's own checks (__post_init__) name its field
+        raise ConfigError(exc.message, key=".".join(k for k in (prefix, exc.key) if k),
+                          source=exc.source) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -448,6 +504,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v

@@ -136,14 +136,8 @@ def ensure_backbone_weights(cfg: ExperimentConfig, progress: bool = True) -> Non
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
     from iclf.models.iclf import build_iclf_model
-    from iclf.models.lora import LoraSettings
 
-    lora = None
-    if cfg.lora is not None and cfg.lora.rank > 0:
-        lo = cfg.lora
-        lora = LoraSettings(rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout, variant=lo.variant,
-                            targets={"vision": list(lo.targets.vision), "text": list(lo.targets.text)},
-                            train_norms=lo.train_norms, train_proj=lo.train_proj)
+    lora = cfg.lora if cfg.lora is not None and cfg.lora.rank > 0 else None
     w = cfg.losses.weights
     model = build_iclf_model(
         backbone_name=cfg.model.backbone, pretrained=cfg.model.pretrained,

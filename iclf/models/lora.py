@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from iclf.config import LORA_TARGETS, LORA_TOWERS, LoraSettings  # the one settings class
 
 if TYPE_CHECKING:
     from iclf.models.registry import BackboneSpec
@@ -38,11 +39,7 @@ __all__ = [
     "merge_lora",
     "count_trainable",
     "expected_lora_params",
-    "settings_to_dict",
 ]
-
-LoraVariant = Literal["lora", "dora", "rslora"]
-LORA_VARIANTS: tuple[str, ...] = get_args(LoraVariant)
 
 # Tower key in LoraSettings.targets -> attribute of the backbone.
 TOWERS: dict[str, str] = {"vision": "visual", "text": "text"}
@@ -54,81 +51,8 @@ TARGET_LAYERS: dict[str, tuple[str, ...]] = {
     "out": ("out_proj",),
     "mlp": ("c_fc", "c_proj"),
 }
+assert tuple(TOWERS) == LORA_TOWERS and tuple(TARGET_LAYERS) == LORA_TARGETS
 ADAPTER_NAME = "default"
-
-
-def _default_targets() -> dict[str, tuple[str, ...]]:
-    return {"vision": ("q", "k", "v", "out"), "text": ("q", "k", "v", "out")}
-
-
-@dataclass
-class LoraSettings:
-    """How the backbone is adapted (method.md 1.7; defaults are its recommended configuration).
-
-    Attributes:
-        rank: LoRA rank r; 0 means full fine-tuning (no adapters, everything trains).
-        alpha: LoRA alpha; the update is scaled by alpha / r (alpha / sqrt(r) for rsLoRA).
-        dropout: dropout on the LoRA input (training mode only).
-        targets: per tower ("vision", "text"), the projections that get adapters, from
-            "q", "k", "v", "out" (attention) and "mlp" (c_fc and c_proj). A tower left out is
-            frozen.
-        variant: "lora", "dora" (peft ``use_dora``) or "rslora" (peft ``use_rslora``).
-        train_norms: keep every LayerNorm of the backbone trainable.
-        train_proj: keep ``visual.proj`` and ``text.text_projection`` trainable.
-    """
-
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.1
-    targets: Mapping[str, Sequence[str]] = field(default_factory=_default_targets)
-    variant: LoraVariant = "lora"
-    train_norms: bool = False
-    train_proj: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
-            raise ValueError(f"LoraSettings.rank must be an int >= 0, got {self.rank!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoraSettings.alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.variant not in LORA_VARIANTS:
-            raise ValueError(f"LoraSettings.variant {self.variant!r} is not one of {LORA_VARIANTS}")
-        if not isinstance(self.targets, Mapping):
-            raise ValueError(
-                "LoraSettings.targets must map a tower ('vision', 'text') to a list of targets, "
-                f"got {self.targets!r}"
-            )
-        targets: dict[str, tuple[str, ...]] = {}
-        for tower, names in self.targets.items():
-            if tower not in TOWERS:
-                raise ValueError(
-                    f"LoraSettings.targets: unknown tower {tower!r}; use one of {tuple(TOWERS)}"
-                )
-            if isinstance(names, str):
-                raise ValueError(
-                    f"LoraSettings.targets[{tower!r}] must be a list of names, got the string "
-                    f"{names!r}"
-                )
-            names = tuple(names)
-            for name in names:
-                if name not in TARGET_LAYERS:
-                    raise ValueError(
-                        f"LoraSettings.targets[{tower!r}]: unknown target {name!r}; use any of "
-                        f"{tuple(TARGET_LAYERS)}"
-                    )
-            if len(set(names)) != len(names):
-                raise ValueError(f"LoraSettings.targets[{tower!r}] repeats a target: {names}")
-            if names:
-                targets[tower] = names
-        if self.rank > 0 and not targets:
-            raise ValueError("LoraSettings.rank > 0 but targets name no layer in any tower")
-        self.targets = targets
-
-    @property
-    def full_finetune(self) -> bool:
-        """True when rank is 0 (no adapters; every backbone parameter trains)."""
-        return self.rank == 0
 
 
 def _lora_layer_cls() -> type:
@@ -360,14 +284,3 @@ def expected_lora_params(source: nn.Module | BackboneSpec, settings: LoraSetting
     return total
 
 
-def settings_to_dict(settings: LoraSettings) -> dict[str, Any]:
-    """A plain dict of ``settings`` (for logging and checkpoints)."""
-    return {
-        "rank": settings.rank,
-        "alpha": settings.alpha,
-        "dropout": settings.dropout,
-        "targets": {k: list(v) for k, v in settings.targets.items()},
-        "variant": settings.variant,
-        "train_norms": settings.train_norms,
-        "train_proj": settings.train_proj,
-    }
