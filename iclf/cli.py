@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from iclf.errors import UsageError  # commands raise it; re-exported here
+
 DESCRIPTION = """\
 ICLF ablation platform for text-to-image person re-identification.
 
@@ -43,10 +45,6 @@ LEGACY_SWITCHES = ("--img_aug", "--MLM")
 LEGACY_DEFAULT_EXPERIMENT = {"CUHK-PEDES": "iclf_release_cuhk.yaml",
                              "ICFG-PEDES": "iclf_release_icfg.yaml",
                              "RSTPReid": "iclf_release_rstp.yaml"}
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
 
 
 def experiments_dir() -> Path:
@@ -333,24 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_test)
 
-    _add_optional(sub, "iclf.data.cli", "add_data_parser")
-    _add_optional(sub, "iclf.sweep.cli", "add_sweep_parser")
-    _add_optional(sub, "iclf.analysis.cli", "add_analysis_parsers")
-    _add_optional(sub, "iclf.demo", "add_demo_parser")
+    # Each layer registers its commands; their modules import Ray/MLflow only when a command runs.
+    from iclf.data.cli import add_data_parser
+    from iclf.demo import add_demo_parser
+    from iclf.sweep.cli import add_results_parsers, add_sweep_parser
+
+    add_data_parser(sub)
+    add_sweep_parser(sub)
+    add_results_parsers(sub)
+    add_demo_parser(sub)
     return parser
-
-
-def _add_optional(sub, module: str, func: str) -> None:
-    """Register the commands of a layer (they import Ray/MLflow only when run)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("iclf"):
-            return
-        raise
-    getattr(mod, func)(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -367,15 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from iclf.config import ConfigError
 
-    expected: tuple[type[BaseException], ...] = (UsageError, ConfigError)
-    try:
-        from iclf.data.errors import DatasetError
-        from iclf.engine.checkpoint import CheckpointError
-        from iclf.models.weights import WeightsError
+    from iclf.data.errors import DatasetError
+    from iclf.engine.checkpoint import CheckpointError
+    from iclf.models.weights import WeightsError
+    from iclf.tracking.errors import TrackingError
 
-        expected += (DatasetError, CheckpointError, WeightsError)
-    except ImportError:  # pragma: no cover
-        pass
+    expected = (UsageError, ConfigError, DatasetError, CheckpointError, WeightsError, TrackingError)
     try:
         return int(args.func(args) or 0)
     except expected as exc:

@@ -57,7 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         spec = load_spec(args.spec, args.overrides, smoke=args.smoke)
     except ConfigError as exc:
-        from iclf.cli import UsageError
+        from iclf.errors import UsageError
 
         raise UsageError(str(exc)) from None
     from iclf.sweep import tune as sweep_tune
@@ -86,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             outcome = sweep_tune.run_sweep(spec, resume=resume, num_cpus=args.num_cpus, verbose=1)
         except sweep_tune.SweepError as exc:
-            from iclf.cli import UsageError
+            from iclf.errors import UsageError
 
             raise UsageError(str(exc)) from None
         if not outcome.completed:
@@ -96,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{outcome.finished} finished, {outcome.failed} failed of {outcome.trials} trials",
               flush=True)
 
-    from iclf.analysis.cli import cmd_best, cmd_summary
+    from iclf.sweep.cli import cmd_best, cmd_summary
 
     print("\n== summary over seeds (iclf summary) ==", flush=True)
     cmd_summary(argparse.Namespace(sweep=args.spec, tracking_uri=None, out=None, no_log=False))

@@ -32,53 +32,45 @@ All metrics are higher-is-better. Entry points: :func:`summarize` / :func:`summa
 artifact in one call.
 """
 
-# The names below are imported on first use (PEP 562), so that ``import iclf.analysis.cli`` (done by
-# every ``iclf`` command to register its subcommands) does not pay for pandas, scipy and matplotlib.
-_EXPORTS = {
-    "param_importances": "importance",
-    "plot_cost_benefit": "plots",
-    "plot_curves": "plots",
-    "plot_importance": "plots",
-    "plot_metric_vs_params": "plots",
-    "write_report": "report",
-    "MeanStdCI": "stats",
-    "TTest": "stats",
-    "mean_std_ci": "stats",
-    "paired_t_test": "stats",
-    "welch_t_test": "stats",
-    "DEFAULT_METRICS": "summary",
-    "PARAM_PREFIX": "summary",
-    "SweepSummary": "summary",
-    "best": "summary",
-    "finished_trials": "summary",
-    "param_columns": "summary",
-    "resolve_baseline": "summary",
-    "summarize": "summary",
-    "summarize_sweep": "summary",
-    "format_console": "tables",
-    "parse_latex": "tables",
-    "parse_markdown": "tables",
-    "to_latex": "tables",
-    "to_markdown": "tables",
-    "write_csv": "tables",
-    "write_tables": "tables",
-}
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'iclf.analysis' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"iclf.analysis.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
+from iclf.analysis.importance import (  # noqa: F401
+    param_importances,
+)
+from iclf.analysis.plots import (  # noqa: F401
+    plot_cost_benefit,
+    plot_curves,
+    plot_importance,
+    plot_metric_vs_params,
+)
+from iclf.analysis.report import (  # noqa: F401
+    write_report,
+)
+from iclf.analysis.stats import (  # noqa: F401
+    MeanStdCI,
+    TTest,
+    mean_std_ci,
+    paired_t_test,
+    welch_t_test,
+)
+from iclf.analysis.summary import (  # noqa: F401
+    DEFAULT_METRICS,
+    PARAM_PREFIX,
+    SweepSummary,
+    best,
+    finished_trials,
+    param_columns,
+    resolve_baseline,
+    summarize,
+    summarize_sweep,
+)
+from iclf.analysis.tables import (  # noqa: F401
+    format_console,
+    parse_latex,
+    parse_markdown,
+    to_latex,
+    to_markdown,
+    write_csv,
+    write_tables,
+)
 
 __all__ = [
     "DEFAULT_METRICS",

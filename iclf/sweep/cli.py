@@ -1,18 +1,34 @@
-"""``iclf sweep SPEC.yaml [key=value ...] [--address ADDR] [--resume] [--smoke]``.
+"""The sweep commands: ``iclf sweep`` runs one; ``iclf summary``, ``iclf best``, ``iclf reproduce``
+and ``iclf ui`` read one back from MLflow (:mod:`iclf.sweep.results`).
 
-Registered into the main ``iclf`` command by :func:`add_sweep_parser`; also runs on its own as
-``python -m iclf.sweep.cli``. Importing this module does not import Ray or MLflow.
+Registered into the main ``iclf`` command by :func:`add_sweep_parser` and
+:func:`add_results_parsers`; ``iclf sweep`` also runs on its own as ``python -m iclf.sweep.cli``.
+Importing this module imports neither Ray nor MLflow.
 
-Exit codes: 0 every trial finished; 1 the sweep completed but some trials failed; 2 a bad spec or a
-sweep that cannot start/resume; 130 interrupted (the sweep can be continued with ``--resume``).
+``iclf sweep`` exit codes: 0 every trial finished; 1 the sweep completed but some trials failed; 2 a
+bad spec or a sweep that cannot start/resume; 130 interrupted (continue with ``--resume``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from iclf.errors import UsageError
+from iclf.names import DEFAULT_DB, SOURCE_RUN_TAG
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+SWEEP_HELP = ("the sweep: its spec file (ablations/demo.yaml), its Ray directory (runs/ray/demo) or "
+              "its name (demo)")
+URI_HELP = f"MLflow tracking URI or SQLite file (default: the spec's, else {DEFAULT_DB})"
 
 DESCRIPTION = """\
 Run an ablation sweep: a Ray Tune experiment (grid, random or Optuna TPE search; ASHA or FIFO) whose
@@ -122,6 +138,242 @@ def _print_best(outcome, metric: str, mode: str) -> None:
     row = summary.table[summary.table["config_key"] == key].iloc[0]
     print(f"[iclf]   best        : {key or '(base)'}: {metric} {row[f'{metric} mean']:.2f} "
           f"(mean of {int(row[f'{metric} n'])} seeds; test metrics in MLflow)")
+
+
+# ------------------------------------------------------------------ reading a sweep back
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from iclf.analysis import write_report
+    from iclf.sweep.results import resolve_sweep, sweep_frames
+
+    ref = resolve_sweep(args.sweep, args.tracking_uri)
+    trials, curves = sweep_frames(ref)
+    if args.out:
+        out = Path(args.out)
+    elif ref.storage is not None and ref.storage.parent.is_dir():
+        out = ref.storage / "report"
+    else:
+        out = Path("runs") / "reports" / ref.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
+    try:
+        baseline = ref.baseline()
+        try:
+            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric, mode=ref.mode)
+        except ValueError:
+            if baseline is None:
+                raise
+            baseline = None
+            write_report(trials, curves, tmp, baseline=None, metric=ref.metric, mode=ref.mode)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    facts = json.loads((out / "report.json").read_text())
+    status = ref.parent.info.status
+    print(f"sweep {ref.name}: {facts['n_finished']} of {facts['n_trials']} trials finished, "
+          f"{facts['n_configurations']} configurations, "
+          f"{facts['total_device_hours']:.3f} device-hours; metric {ref.metric}"
+          + (f", baseline {facts['baseline_key']}" if facts.get("baseline_key") else "")
+          + ("" if status == "FINISHED" else f" (the sweep is {status.lower()}: partial)"))
+    print((out / "summary.txt").read_text().rstrip())
+    importance = {k: v for k, v in facts.get("importance", {}).items()}
+    if importance:
+        shown = ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a"
+                          for k, v in sorted(importance.items(), key=lambda kv: -(kv[1] or 0)))
+        print(f"parameter importance ({ref.metric}): {shown}")
+    print(f"report: {out.resolve()}")
+    if not args.no_log:
+        ref.client.log_artifacts(ref.parent_run_id, str(out), "report")
+        print(f"logged to MLflow run {ref.parent_run_id} (artifacts/report)")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from iclf.sweep.results import best_facts, export_best, fmt_mean_std, resolve_sweep
+
+    ref = resolve_sweep(args.sweep, args.tracking_uri)
+    facts = best_facts(ref)
+    if args.export:
+        facts["exported"] = str(export_best(ref, facts["trial_run_id"], Path(args.export), facts))
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    print(f"best configuration of sweep {ref.name} by mean {ref.metric} over seeds "
+          f"({facts['seeds'].count(',') + 1} seeds: {facts['seeds']}):")
+    print(f"  {facts['config_key'] or '(base)'}")
+    for m, v in facts["metrics"].items():
+        print(f"  {m:<10} {fmt_mean_std(v['mean'], v['std']):>16}  (n={v['n']})")
+    if facts.get("trainable_params") is not None:
+        print(f"  trainable parameters: {int(facts['trainable_params']):,}")
+    print(f"  best trial: MLflow run {facts['trial_run_id']} (seed {facts['trial_seed']})")
+    if args.export:
+        print(f"exported to {facts['exported']}: iclf train {facts['exported']}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from iclf.sweep.reproduce import reproduce_run
+    from iclf.sweep.results import best_facts, connect_existing, resolve_sweep
+    from iclf.tracking.uri import resolve_tracking_uri
+
+    target = args.target
+    if RUN_ID.match(target) and not Path(target).exists():
+        uri = resolve_tracking_uri(args.tracking_uri, DEFAULT_DB)
+        client = connect_existing(uri)
+        try:
+            run = client.get_run(target)
+        except Exception:  # noqa: BLE001 - MlflowException: no such run
+            raise UsageError(f"no MLflow run {target} in {uri}") from None
+        label = f"run {target}"
+    else:
+        ref = resolve_sweep(target, args.tracking_uri)
+        facts = best_facts(ref)
+        client, uri = ref.client, ref.tracking_uri
+        run = client.get_run(facts["trial_run_id"])
+        label = (f"the best trial of sweep {ref.name}: {facts['config_key'] or '(base)'} seed "
+                 f"{facts['trial_seed']} (run {run.info.run_id})")
+    if run.info.status != "FINISHED":
+        raise UsageError(f"MLflow run {run.info.run_id} is {run.info.status}: only a finished trial can "
+                     f"be reproduced")
+    print(f"reproducing {label} outside Ray Tune ...", flush=True)
+    try:
+        comparison, new_id = reproduce_run(client, run, output_dir=args.output_dir,
+                                           tolerance=args.tolerance, device=args.device,
+                                           progress=False if args.no_progress else None)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(comparison.table())
+    verdict = "reproduced" if comparison.ok else "NOT reproduced"
+    print(f"{verdict}: max |difference| {comparison.max_abs_difference:.4f} points, tolerance "
+          f"{comparison.tolerance:g}; new MLflow run {new_id} (tag {SOURCE_RUN_TAG}="
+          f"{run.info.run_id})")
+    return 0 if comparison.ok else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from iclf.sweep.results import connect_existing, resolve_sweep
+    from iclf.tracking.server import serve_ui
+    from iclf.tracking.store import is_server, redact
+    from iclf.tracking.uri import resolve_tracking_uri
+
+    if args.sweep is None and args.tracking_uri is None and not Path(DEFAULT_DB).is_file():
+        raise UsageError(f"no tracking database at {Path(DEFAULT_DB).resolve()}: run a sweep first "
+                         f"(iclf sweep ablations/demo.yaml) or pass --tracking-uri")
+    try:
+        ref = resolve_sweep(args.sweep, args.tracking_uri)
+        uri, exp_id, what = ref.tracking_uri, ref.experiment_id, f"sweep {ref.name}"
+    except Exception as exc:  # noqa: BLE001 - no sweep yet: open the UI on the database anyway
+        if args.sweep is not None:
+            raise
+        uri = resolve_tracking_uri(args.tracking_uri, DEFAULT_DB)
+        connect_existing(uri)
+        ref, exp_id, what = None, None, f"no sweep yet ({exc})"
+    if is_server(uri):  # an MLflow server (a cluster's) is its own UI
+        page = f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs" if exp_id is not None else uri
+        print(f"MLflow UI for {what}: {page} (served by the tracking server; log in there)")
+        return 0
+
+    def ready(base: str) -> None:
+        runs = f"{base}/#/experiments/{exp_id}/runs" if exp_id is not None else base
+        print(f"MLflow UI for {what}: {runs}", flush=True)
+        if ref is not None:
+            print(f"  the sweep's parent run: {base}/#/experiments/{exp_id}/runs/"
+                  f"{ref.parent_run_id} (summary tables and plots under Artifacts > report)",
+                  flush=True)
+        print(f"  tracking database: {redact(uri)}; stop with Ctrl-C", flush=True)
+
+    try:
+        return serve_ui(uri, host=args.host, port=args.port, timeout=args.timeout,
+                        quiet=args.quiet, on_ready=ready)
+    except TimeoutError as exc:
+        raise UsageError(f"{exc} (port in use? try --port)") from None
+
+
+SUMMARY_DESC = """\
+Recompute a sweep's summary from MLflow and print it: per configuration, mean, std, 95% CI and n
+over seeds of validation and test R1/mAP/mINP; each configuration against the spec's baseline
+(difference and a t-test over seeds); parameter importance; device-hours. Writes CSV, Markdown,
+LaTeX and PNG plots (metric vs parameters, cost/benefit, curves, importance) and logs them to the
+sweep's parent run (artifacts/report).
+
+  iclf summary ablations/demo.yaml
+  iclf summary demo --out paper/tables
+"""
+
+BEST_DESC = """\
+Print the best configuration by the mean over seeds of the sweep's validation metric, with its
+test metrics. --export writes its resolved config (the best seed's) as an experiment file:
+
+  iclf best ablations/demo.yaml --export best.yaml && iclf train best.yaml
+"""
+
+REPRODUCE_DESC = """\
+Re-run a trial's resolved config with its seed outside Ray Tune (same engine, same epochs, same CPU
+threads), log it as a new MLflow run tagged iclf.source_run, print both metric sets and their
+difference. Exits 1 when a difference exceeds the tolerance (default 0 on the CPU, where runs are
+bit-identical; 0.5 points on a GPU).
+
+  iclf reproduce ablations/demo.yaml          the best trial of the sweep
+  iclf reproduce 0123456789abcdef0123456789abcdef --tolerance 1.0
+"""
+
+UI_DESC = """\
+Start the MLflow UI (mlflow server) on the project's tracking database, bound to 127.0.0.1, and
+print the URL of the sweep's run table. Ctrl-C stops it.
+
+  iclf ui                       the latest sweep in runs/mlflow.db
+  iclf ui ablations/demo.yaml --port 5001
+"""
+
+
+def add_results_parsers(subparsers) -> None:
+    """Register ``summary``, ``best``, ``reproduce`` and ``ui``: reading a sweep back."""
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = subparsers.add_parser("summary", help="statistics over seeds, baseline tests, importance, "
+                              "plots (from MLflow)", description=SUMMARY_DESC, formatter_class=raw)
+    p.add_argument("sweep", help=SWEEP_HELP)
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.add_argument("--out", default=None,
+                   help="report directory (default: <sweep dir>/report)")
+    p.add_argument("--no-log", action="store_true", help="do not re-log the report to MLflow")
+    p.set_defaults(func=cmd_summary)
+
+    p = subparsers.add_parser("best", help="the best configuration (mean over seeds) and its test "
+                              "metrics", description=BEST_DESC, formatter_class=raw)
+    p.add_argument("sweep", help=SWEEP_HELP)
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.add_argument("--export", default=None, metavar="FILE.yaml",
+                   help="write the best trial's config as an experiment file for `iclf train`")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_best)
+
+    p = subparsers.add_parser("reproduce", help="re-run the best trial (or a run) outside Tune and "
+                              "compare", description=REPRODUCE_DESC, formatter_class=raw)
+    p.add_argument("target", metavar="SWEEP|RUN_ID", help=SWEEP_HELP + ", or a trial's run id")
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest accepted |difference| in points (default 0 on CPU, 0.5 on GPU)")
+    p.add_argument("--device", default=None, help="override the run's device (cpu, cuda, ...)")
+    p.add_argument("--output-dir", default="runs/reproduce",
+                   help="where the re-run's directory goes (default runs/reproduce)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = subparsers.add_parser("ui", help="start the MLflow UI on the project's runs",
+                              description=UI_DESC, formatter_class=raw)
+    p.add_argument("sweep", nargs="?", default=None, help=SWEEP_HELP + " (default: the latest)")
+    p.add_argument("--tracking-uri", default=None, help=URI_HELP)
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the UI to the network)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the server")
+    p.add_argument("--quiet", action="store_true", help="hide the server's own log")
+    p.set_defaults(func=cmd_ui)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

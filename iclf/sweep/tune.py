@@ -47,11 +47,11 @@ from ray import tune
 
 from iclf.names import (
     CONFIG_KEY_TAG, EPOCH, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG, STORAGE_TAG,
-    SWEEP_TAG, THREADS_TAG, best_so_far, better, without_test, worst)
+    SWEEP_TAG, best_so_far, better, without_test, worst)
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
+from iclf.tracking.reporter import MlflowReporter, log_weights
 
-MAX_ARTIFACT_MB = 512.0   # weights above this size stay on disk (path tagged) instead of in MLflow
 
 
 class SweepError(RuntimeError):
@@ -140,88 +140,41 @@ def trial_seed(spec: AblationSpec, config: Mapping[str, Any]) -> int:
 # ------------------------------------------------------------------------------------ trial side
 
 
-class TuneReporter:
-    """The engine's Reporter for a Tune trial: MLflow first, then ``tune.report`` with a checkpoint.
+class TuneReporter(MlflowReporter):
+    """The engine's Reporter for a Tune trial: MLflow first (:class:`MlflowReporter`), then
+    ``tune.report`` with the checkpoint and ``objective``, the best value so far of the spec's
+    metric under its mode.
 
-    Logging precedes the report because Tune may end the process right after the report. Epochs the
-    run already has (a retry or a resumed sweep re-trains from the last checkpoint) are not logged
-    again; test metrics and artifacts are logged once.
+    Logging precedes the report because Tune may end the process right after the report.
     """
 
     def __init__(self, logger, *, metric: str, mode: str, trial_id: str,
                  epoch_hook: Callable[[int, str], None] | None = None):
-        self.logger = logger
+        super().__init__(logger)
         self.metric = metric
         self.mode = mode
         self.trial_id = trial_id
         self.epoch_hook = epoch_hook
         self.best: float | None = None
-        self.device = None
-        self.run_dir: Path | None = None
-        self.final_device_seconds: float | None = None
-        self.epochs_total: int | None = None
 
     def on_start(self, info: dict[str, Any]) -> None:
-        import torch
-
-        self.device = torch.device(info["device"])
-        self.run_dir = Path(info["run_dir"])
-        config = info.get("config", {})
-        self.epochs_total = int(config.get("training.epochs", 0)) or None
-        self.logger.log_params(config)
-        self.logger.set_tags({"dataset_fingerprint": info.get("dataset_fingerprint", ""),
-                              "device": info["device"], RUN_DIR_TAG: str(self.run_dir),
-                              THREADS_TAG: info.get("torch_threads", ""),
-                              "paper_protocol": str(bool(info.get("paper_protocol"))).lower()})
-        self.logger.log_once({"trainable_params": info["trainable_params"],
-                              "total_params": info["total_params"]}, step=0)
+        super().on_start(info)
         resumed = int(info.get("resumed_from_epoch", 0))
         self.best = best_so_far((value for step, value in self.logger.history(self.metric).items()
                                  if step <= resumed), self.mode)
-        if resumed == 0:
-            self.logger.log_artifact(self.run_dir / "configs.yaml")
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        from iclf.engine.trainer import peak_memory_mb
-
-        metrics = without_test(metrics)
-        value = metrics.get(self.metric)
+        super().on_epoch(epoch, metrics, checkpoint_dir)
+        report = without_test(metrics)
+        value = report.get(self.metric)
         if value is not None and math.isfinite(value) and better(value, self.best, self.mode):
             self.best = value
-        logged = dict(metrics)
-        logged["peak_memory_mb"] = peak_memory_mb(self.device)
-        if self.final_device_seconds is not None:
-            logged["device_seconds"] = self.final_device_seconds  # includes the final test evaluation
-        self.logger.log_epoch(int(epoch), logged)
         if self.epoch_hook is not None:
             self.epoch_hook(int(epoch), self.trial_id)
-        report = dict(metrics)
         report[EPOCH] = int(epoch)
         # no evaluation yet (eval_period > 1): the worst value, never NaN (Tune needs the key)
         report[OBJECTIVE] = self.best if self.best is not None else worst(self.mode)
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
-
-    def on_result(self, result: Any) -> None:
-        step = self.epochs_total or int(result.best_epoch)
-        final = {f"test/{k}": v for k, v in result.test.items()}
-        final.update({f"test_last/{k}": v for k, v in result.test_last.items()})
-        self.logger.log_once(final, step=step)
-        self.final_device_seconds = float(result.device_seconds)
-        log_weights(self.logger, Path(result.run_dir))
-
-
-def log_weights(logger, run_dir: Path) -> None:
-    """The resolved config and the selected checkpoint's trainable weights (adapters and new modules,
-    never the frozen backbone) as artifacts; weights over MAX_ARTIFACT_MB stay on disk, path tagged."""
-    logger.log_artifact(run_dir / "configs.yaml")
-    best = run_dir / "checkpoint" / "best.pt"
-    if not best.is_file():
-        return
-    size_mb = best.stat().st_size / 2**20
-    if size_mb <= MAX_ARTIFACT_MB:
-        logger.log_artifact(best, "checkpoint")
-    else:
-        logger.set_tags({"best_weights_path": str(best), "best_weights_mb": f"{size_mb:.0f}"})
 
 
 def completed_result(client, run, metric: str, mode: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from iclf.analysis.importance import build_distribution, param_importances
-from iclf.analysis.synthetic import synthetic_sweep
+from synthetic_sweep import synthetic_sweep
 
 GRID = {"lora.rank": [0, 4, 8, 16, 32], "fusion.depth": [1, 2], "optim.lr": [1e-5, 1e-4, 1e-3]}
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from iclf.analysis import plots, summarize
-from iclf.analysis.synthetic import synthetic_sweep
+from synthetic_sweep import synthetic_sweep
 
 GRID = {"lora.rank": [0, 4, 16], "fusion.depth": [1, 2]}
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from iclf.analysis import parse_latex, parse_markdown, write_report
-from iclf.analysis.synthetic import synthetic_sweep
+from synthetic_sweep import synthetic_sweep
 
 
 def test_write_report_full_sweep(tmp_path):

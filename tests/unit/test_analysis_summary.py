@@ -7,7 +7,7 @@ import pytest
 
 from iclf.analysis import stats
 from iclf.analysis.summary import best, resolve_baseline, summarize, summarize_sweep
-from iclf.analysis.synthetic import synthetic_sweep
+from synthetic_sweep import synthetic_sweep
 
 METRICS = ["val/R1", "test/R1"]
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from iclf.analysis import best, summarize, summarize_sweep, tables
-from iclf.analysis.synthetic import synthetic_sweep
+from synthetic_sweep import synthetic_sweep
 
 PRINTED = ["val/R1", "val/mAP", "val/mINP", "test/R1", "test/mAP", "test/mINP"]
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from iclf.names import (
-    EPOCH, PARENT_TAG, ROLE_TAG, RUN_DIR_TAG, SEED_TAG, SOURCE_RUN_TAG, SUMMARY_METRICS, SWEEP_TAG, THREADS_TAG,
-    without_test)
+    EPOCH, PARENT_TAG, ROLE_TAG, RUN_DIR_TAG, SEED_TAG, SOURCE_RUN_TAG, SUMMARY_METRICS, SWEEP_TAG,
+    THREADS_TAG)
 
 __all__ = ["COMPARED", "Comparison", "compare_metrics", "source_metrics", "reproduce_run",
-           "MlflowReporter", "GPU_TOLERANCE", "load_source_config"]
+           "GPU_TOLERANCE", "load_source_config"]
 
 COMPARED = SUMMARY_METRICS
 GPU_TOLERANCE = 0.5  # points; bf16 kernels on a GPU are not bit-reproducible across runs
@@ -92,27 +92,6 @@ def source_metrics(client, run) -> dict[str, float]:
     return out
 
 
-class MlflowReporter:
-    """The engine's Reporter for a run outside Tune: params, per-epoch metrics and test metrics
-    into one MLflow run (through :class:`iclf.tracking.mlflow.RunLogger`)."""
-
-    def __init__(self, logger):
-        self.logger = logger
-
-    def on_start(self, info: dict[str, Any]) -> None:
-        self.logger.log_params(info.get("config", {}))
-        self.logger.set_tags({"device": info["device"], RUN_DIR_TAG: info["run_dir"],
-                              THREADS_TAG: info.get("torch_threads", "")})
-        self.logger.log_once({"trainable_params": info["trainable_params"]}, step=0)
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        self.logger.log_epoch(int(epoch), without_test(metrics))
-
-    def on_result(self, result: Any) -> None:
-        self.logger.log_once({f"test/{k}": v for k, v in result.test.items()},
-                             step=int(result.best_epoch))
-
-
 def load_source_config(client, run):
     """The resolved experiment config a trial run trained with: its ``configs.yaml`` MLflow artifact,
     else the copy in the run directory its ``run_dir`` tag names (same machine)."""
@@ -143,6 +122,7 @@ def reproduce_run(client, run, *, output_dir: str | Path, tolerance: float | Non
     from iclf.engine import train
     from iclf.engine.trainer import resolve_device
     from iclf.tracking.mlflow import RunLogger, close_run
+    from iclf.tracking.reporter import MlflowReporter
 
     source = source_metrics(client, run)
     src_id = run.info.run_id
