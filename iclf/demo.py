@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         raise UsageError(str(exc)) from None
     from iclf.sweep import tune as sweep_tune
+    from iclf.sweep.lease import LeaseHeld
 
     paths = sweep_paths(spec)
     sweep_dir, uri = paths.sweep_dir, paths.tracking_uri
@@ -85,12 +87,13 @@ def run_demo(args: argparse.Namespace) -> int:
               f"backbone and MLflow under ./data, ./.cache and ./runs", flush=True)
         try:
             outcome = sweep_tune.run_sweep(spec, resume=resume, num_cpus=args.num_cpus, verbose=1)
-        except sweep_tune.SweepError as exc:
+        except (sweep_tune.SweepError, LeaseHeld) as exc:
             from iclf.errors import UsageError
 
             raise UsageError(str(exc)) from None
-        if not outcome.completed:
-            print("[iclf demo] interrupted: `iclf demo` again continues it", flush=True)
+        if outcome.interrupted or not outcome.completed:
+            print(f"interrupted: {outcome.finished} of {outcome.trials} trials finished; "
+                  f"`iclf demo` again continues it", file=sys.stderr, flush=True)
             return 130
         print(f"[iclf demo] sweep done in {outcome.timings.get('total_s', 0):.0f} s: "
               f"{outcome.finished} finished, {outcome.failed} failed of {outcome.trials} trials",

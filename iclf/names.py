@@ -42,6 +42,8 @@ THREADS_TAG = "torch_threads"     # CPU threads the trial ran with (reproduce us
 METRIC_TAG = "metric"             # parent run: the spec's metric and mode
 MODE_TAG = "mode"
 STORAGE_TAG = "storage"           # parent run: the sweep's Ray directory
+STATE_TAG = "iclf.state"          # parent run: running | interrupted | finished
+INTERRUPTED_TAG = "interrupted"   # child run: "true" while its trial was cut by an interrupt
 
 #: MLflow params and DataFrame columns of the swept parameters: ``param.lora.rank``.
 PARAM_PREFIX = "param."

@@ -77,11 +77,18 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep of this spec (unfinished and errored trials)")
     p.add_argument("--smoke", action="store_true", help="apply the spec's smoke: block (CI)")
-    p.add_argument("--num-cpus", type=int, default=None,
+    p.add_argument("--num-cpus", type=_at_least_one, default=None,
                    help="CPUs of the local Ray instance (default: all); ignored with --address")
     p.add_argument("--quiet", action="store_true", help="no Ray progress table")
     p.set_defaults(func=run_sweep)
     return p
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -100,12 +107,26 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"[iclf] sweep {spec.sweep_name}: {spec.num_trials()} trials "
           f"({spec.search.algorithm} search, {spec.scheduler.name} scheduler, seeds "
           f"{list(spec.seeds)}), metric {spec.metric} ({spec.mode})", flush=True)
+    from iclf.sweep.lease import LeaseHeld
+
+    resume_hint = f"continue with `iclf sweep {args.spec} --resume`"
     try:
         outcome = sweep_tune.run_sweep(spec, address=args.address, resume=args.resume,
                                        num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
-    except (sweep_tune.SweepError, ConfigError, TrackingError) as exc:
+    except (sweep_tune.SweepError, ConfigError, TrackingError, LeaseHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the sweep's record existed: nothing ran
+        from iclf.sweep.storage import sweep_paths
+
+        print(f"interrupted: before any trial started; {resume_hint}"
+              if sweep_paths(spec).state_file.is_file() else
+              "interrupted: before the sweep started; nothing to resume", file=sys.stderr)
+        return 130
+    if outcome.interrupted:
+        print(f"interrupted: {outcome.finished} of {outcome.trials} trials finished; {resume_hint}",
+              file=sys.stderr, flush=True)
+        return 130
     print(f"[iclf] sweep {outcome.sweep}: {outcome.finished} finished, {outcome.failed} failed of "
           f"{outcome.trials} trials", flush=True)
     print(f"[iclf]   Ray results : {outcome.sweep_dir}")
@@ -118,8 +139,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         table = report_dir / "summary.txt"
         if table.is_file():
             print(table.read_text().rstrip())
-    if not outcome.completed:
-        return 130
     return 0 if outcome.failed == 0 else 1
 
 
@@ -145,7 +164,7 @@ def _print_best(outcome, metric: str, mode: str) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from iclf.analysis import write_report
-    from iclf.sweep.results import resolve_sweep, sweep_frames
+    from iclf.sweep.results import partial_note, resolve_sweep, sweep_frames, sweep_state
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
     trials, curves = sweep_frames(ref)
@@ -173,12 +192,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     facts = json.loads((out / "report.json").read_text())
-    status = ref.parent.info.status
-    print(f"sweep {ref.name}: {facts['n_finished']} of {facts['n_trials']} trials finished, "
+    note = partial_note(sweep_state(ref))
+    planned = ref.parent.data.tags.get("trials_planned", "")
+    total = max(int(planned), facts["n_trials"]) if planned.isdigit() else facts["n_trials"]
+    print(f"sweep {ref.name}: {facts['n_finished']} of {total} trials finished, "
           f"{facts['n_configurations']} configurations, "
           f"{facts['total_device_hours']:.3f} device-hours; metric {ref.metric}"
           + (f", baseline {facts['baseline_key']}" if facts.get("baseline_key") else "")
-          + ("" if status == "FINISHED" else f" (the sweep is {status.lower()}: partial)"))
+          + (f" ({note})" if note else ""))
     print((out / "summary.txt").read_text().rstrip())
     importance = {k: v for k, v in facts.get("importance", {}).items()}
     if importance:
@@ -193,7 +214,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from iclf.sweep.results import best_facts, export_best, fmt_mean_std, resolve_sweep
+    from iclf.sweep.results import (
+        best_facts, export_best, fmt_mean_std, partial_note, resolve_sweep)
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
     facts = best_facts(ref)
@@ -202,8 +224,10 @@ def cmd_best(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
+    note = partial_note(facts["state"])
     print(f"best configuration of sweep {ref.name} by mean {ref.metric} over seeds "
-          f"({facts['seeds'].count(',') + 1} seeds: {facts['seeds']}):")
+          f"({facts['seeds'].count(',') + 1} seeds: {facts['seeds']})"
+          + (f" ({note})" if note else "") + ":")
     print(f"  {facts['config_key'] or '(base)'}")
     for m, v in facts["metrics"].items():
         print(f"  {m:<10} {fmt_mean_std(v['mean'], v['std']):>16}  (n={v['n']})")

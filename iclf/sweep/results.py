@@ -19,10 +19,11 @@ from typing import Any
 
 from iclf.errors import UsageError
 from iclf.names import (
-    DEFAULT_DB, METRIC_TAG, MODE_TAG, PARAM_PREFIX, ROLE_TAG, STATE_FILE, STORAGE_TAG, SWEEP_TAG)
+    DEFAULT_DB, METRIC_TAG, MODE_TAG, PARAM_PREFIX, ROLE_TAG, STATE_FILE, STATE_TAG, STORAGE_TAG,
+    SWEEP_TAG)
 
 __all__ = ["SweepRef", "resolve_sweep", "connect_existing", "sweep_frames", "sweep_summary",
-           "best_trial", "best_facts", "export_best", "fmt_mean_std"]
+           "best_trial", "best_facts", "export_best", "fmt_mean_std", "sweep_state", "partial_note"]
 
 
 @dataclass
@@ -182,6 +183,37 @@ def fmt_mean_std(mean: float, std: float) -> str:
     return f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
+def sweep_state(ref: SweepRef) -> str:
+    """Where the sweep stands: ``finished``; ``running`` only while a live driver holds its lease;
+    ``interrupted`` (Ctrl-C, continue with --resume); ``stopped`` (its driver died without a word,
+    e.g. SIGKILL: continue with --resume); else the parent run's MLflow status, lower-case. Where
+    the sweep's directory is not visible from here, the parent run's ``iclf.state`` tag decides."""
+    from iclf.sweep.lease import held_by_live_driver
+
+    status = ref.parent.info.status
+    if status == "FINISHED":
+        return "finished"
+    tag = ref.parent.data.tags.get(STATE_TAG)
+    if ref.storage is not None and ref.storage.is_dir():
+        if held_by_live_driver(ref.storage):
+            return "running"
+        if tag == "interrupted":
+            return "interrupted"
+        return "stopped" if status == "RUNNING" else status.lower()
+    return tag or status.lower()
+
+
+def partial_note(state: str) -> str:
+    """The words that label a result computed from a sweep that has not finished."""
+    if state == "finished":
+        return ""
+    if state == "stopped":
+        return "its driver stopped before the end: partial; continue with --resume"
+    if state == "interrupted":
+        return "the sweep is interrupted: partial; continue with --resume"
+    return f"the sweep is {state}: partial"
+
+
 def best_facts(ref: SweepRef) -> dict[str, Any]:
     """The best configuration by its mean over seeds of the sweep's validation metric."""
     trials, _ = sweep_frames(ref)
@@ -197,7 +229,8 @@ def best_facts(ref: SweepRef) -> dict[str, Any]:
     return {"sweep": ref.name, "tracking_uri": ref.tracking_uri, "metric": ref.metric,
             "config_key": key, "params": params, "seeds": str(row["seeds"]),
             "metrics": metrics, "trial_run_id": str(trial["run_id"]), "trial_seed": int(trial["seed"]),
-            "trainable_params": _plain(row.get("trainable_params"))}
+            "trainable_params": _plain(row.get("trainable_params")),
+            "state": sweep_state(ref), "partial": ref.parent.info.status != "FINISHED"}
 
 
 def _num(v: Any) -> float | None:

@@ -37,7 +37,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +48,9 @@ from typing import Any, Callable, Mapping
 from ray import tune
 
 from iclf.names import (
-    CONFIG_KEY_TAG, EPOCH, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG, STORAGE_TAG,
-    SWEEP_TAG, best_so_far, better, without_test, worst)
+    CONFIG_KEY_TAG, EPOCH, INTERRUPTED_TAG, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG,
+    STATE_TAG, STORAGE_TAG, SWEEP_TAG, best_so_far, better, without_test, worst)
+from iclf.sweep import lease
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
 from iclf.tracking.reporter import MlflowReporter, log_weights
@@ -318,6 +321,7 @@ class SweepOutcome:
     failed: int
     timings: dict[str, float] = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM: continue with --resume
 
     @property
     def completed(self) -> bool:
@@ -428,7 +432,13 @@ class _Timings(dict):
 def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, epoch_hook: Callable[[int, str], None] | None = None,
               verbose: int = 1) -> SweepOutcome:
-    """Run (or with ``resume``, continue) the sweep of ``spec``; see the module docstring."""
+    """Run (or with ``resume``, continue) the sweep of ``spec``; see the module docstring.
+
+    The driver holds the sweep's lease (:mod:`iclf.sweep.lease`) throughout. Ctrl-C or SIGTERM
+    stops the trials, leaves the parent run RUNNING (tag ``iclf.state=interrupted``) with the
+    unfinished child runs marked ``interrupted``, writes no report, and returns an outcome whose
+    ``interrupted`` is true; ``resume`` continues from there.
+    """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from iclf.tracking import mlflow as tracking
@@ -437,44 +447,115 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     t_start = time.perf_counter()
     timings = _Timings()
     paths = sweep_paths(spec)
-    state = _check_start(spec, paths, resume)
-    with timings("prepare_s"):
-        fingerprint = prepare_shared_inputs(spec)
-    with timings("mlflow_setup_s"):
-        client = tracking.connect(paths.tracking_uri)
-        record = _resume_record(client, state) if resume else \
-            _open_record(client, spec, paths, fingerprint, address)
-    ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
-                       experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
-                       sweep_dir=str(paths.sweep_dir), tags=_child_tags(client, spec, record),
-                       credentials=Credentials.from_env(), epoch_hook=epoch_hook)
-    with timings("ray_init_s"):
-        started_ray = _init_ray(address, num_cpus)
-    try:
-        resources = _trial_resources(spec)
-        with timings("fit_s"):
-            results = build_tuner(spec, ctx, resources, paths, resume=resume,
-                                  verbose=verbose).fit()
-        outcome = SweepOutcome(spec.sweep_name, paths.sweep_dir, record.tracking_uri,
-                               record.experiment_id, record.parent_run_id, trials=len(results),
-                               finished=results.num_terminated, failed=results.num_errors,
-                               timings=timings)
-        if not outcome.completed:
-            print(f"[iclf] sweep {spec.sweep_name} interrupted ({outcome.finished} finished, "
-                  f"{outcome.failed} failed of {outcome.trials}); continue it with --resume",
-                  file=sys.stderr)
-            return outcome
-        with timings("test_eval_s"):
-            evaluate_stopped_trials(client, record, resources)
-    finally:
-        if started_ray:
-            import ray
+    with _interrupt_on_sigterm(), lease.acquire(paths.sweep_dir, on_lost=_lost_lease):
+        state = _check_start(spec, paths, resume)
+        with timings("prepare_s"):
+            fingerprint = prepare_shared_inputs(spec)
+        with timings("mlflow_setup_s"):
+            client = tracking.connect(paths.tracking_uri)
+            record = _resume_record(client, state) if resume else \
+                _open_record(client, spec, paths, fingerprint, address)
+        ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
+                           experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
+                           sweep_dir=str(paths.sweep_dir), tags=_child_tags(client, spec, record),
+                           credentials=Credentials.from_env(), epoch_hook=epoch_hook)
+        interrupted = False
+        try:
+            with timings("ray_init_s"):
+                started_ray = _init_ray(address, num_cpus)
+            _take_sigterm()
+            try:
+                resources = _trial_resources(spec)
+                with timings("fit_s"):
+                    build_tuner(spec, ctx, resources, paths, resume=resume, verbose=verbose).fit()
+                # Tune returns early, its trials stopped, when Ctrl-C reached it: the sweep is
+                # complete only when every planned trial ended (MLflow knows; Tune's results call
+                # the stopped trials TERMINATED).
+                interrupted = not count_outcomes(client, record, spec.num_trials()).completed
+                if not interrupted:
+                    with timings("test_eval_s"):
+                        evaluate_stopped_trials(client, record, resources)
+            finally:
+                if started_ray:
+                    import ray
 
-            ray.shutdown()
-    with timings("finalize_s"):
-        outcome.report = finalize(spec, client, record, paths.sweep_dir, outcome)
+                    ray.shutdown()
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's loop
+            interrupted = True
+        outcome = count_outcomes(client, record, spec.num_trials(), sweep=spec.sweep_name,
+                                 sweep_dir=paths.sweep_dir, timings=timings)
+        if interrupted:
+            mark_interrupted(client, record, outcome)
+            outcome.interrupted = True
+            return outcome
+        with timings("finalize_s"):
+            outcome.report = finalize(spec, client, record, paths.sweep_dir, outcome)
     timings["total_s"] = time.perf_counter() - t_start
     return outcome
+
+
+def _sigterm_as_sigint(signum, frame) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def _take_sigterm() -> None:
+    """SIGTERM to the driver is Ctrl-C: it raises the SIGINT handler in force (Tune's, which stops
+    the trials and returns, while ``fit`` runs; Python's KeyboardInterrupt otherwise). Set again
+    after ``ray.init``, whose core worker installs its own SIGTERM handler (which aborts)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
+@contextlib.contextmanager
+def _interrupt_on_sigterm():
+    """:func:`_take_sigterm` for the duration of the block; the previous handler after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _take_sigterm()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _lost_lease(message: str) -> None:
+    """Another driver took the sweep over (this one stalled past the lease's timeout): stop."""
+    print(f"[iclf] {message}: stopping this driver", file=sys.stderr, flush=True)
+    signal.raise_signal(signal.SIGINT)
+
+
+def count_outcomes(client, record, planned: int | None, **fields: Any) -> SweepOutcome:
+    """The sweep's trial outcomes from its child runs: FINISHED and FAILED ones, of ``planned``."""
+    from iclf.tracking.mlflow import child_runs
+
+    statuses = [r.info.status for r in child_runs(client, record.experiment_id,
+                                                  record.parent_run_id)]
+    return SweepOutcome(fields.pop("sweep", ""), fields.pop("sweep_dir", Path()),
+                        record.tracking_uri, record.experiment_id, record.parent_run_id,
+                        trials=max(planned or 0, len(statuses)),
+                        finished=statuses.count("FINISHED"), failed=statuses.count("FAILED"),
+                        **fields)
+
+
+def mark_interrupted(client, record, outcome: SweepOutcome) -> None:
+    """An interrupted sweep: child runs that had not ended become KILLED with ``interrupted=true``
+    (``--resume`` reopens them and drops the mark); the parent stays RUNNING, labelled."""
+    from iclf.tracking.mlflow import child_runs, close_run
+
+    for r in child_runs(client, record.experiment_id, record.parent_run_id):
+        if r.info.status not in ("FINISHED", "FAILED"):
+            close_run(client, r.info.run_id, "KILLED", {INTERRUPTED_TAG: "true"})
+    client.log_batch(record.parent_run_id, tags=[
+        _tag(STATE_TAG, "interrupted"), _tag("trials_finished", outcome.finished),
+        _tag("trials_failed", outcome.failed), _tag("trials_planned", outcome.trials)])
+
+
+def _tag(key: str, value: Any):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, str(value))
 
 
 def _check_start(spec: AblationSpec, paths: SweepPaths, resume: bool) -> dict[str, Any] | None:
@@ -501,7 +582,8 @@ def _open_record(client, spec: AblationSpec, paths: SweepPaths, fingerprint: str
     from iclf.tracking import mlflow as tracking
 
     provenance = {**tracking.git_state(Path(__file__)), **tracking.package_versions()}
-    tags = {"spec_file": str(spec.path.resolve()), "spec_sha256": spec.file_hash,
+    tags = {STATE_TAG: "running", "spec_file": str(spec.path.resolve()),
+            "spec_sha256": spec.file_hash,
             "spec_resolved_sha256": spec.hash, "variant": spec.variant or "",
             "smoke": str(spec.smoke).lower(), "dataset_fingerprint": fingerprint,
             STORAGE_TAG: str(paths.sweep_dir), "search": spec.search.algorithm,
@@ -528,6 +610,7 @@ def _resume_record(client, state: Mapping[str, Any]):
     record = tracking.SweepRecord(state["tracking_uri"], state["experiment_id"],
                                   state["parent_run_id"])
     tracking.resume_sweep(client, record)
+    client.set_tag(record.parent_run_id, STATE_TAG, "running")
     return record
 
 
@@ -573,8 +656,9 @@ def finalize(spec: AblationSpec, client, record, sweep_dir: Path,
 
     kill_unfinished_runs(client, record.experiment_id, record.parent_run_id)
     report = write_analysis(spec, record.tracking_uri, record.parent_run_id, sweep_dir, client)
-    tracking.close_sweep(client, record, "FINISHED", {"trials_finished": outcome.finished,
-                                                      "trials_failed": outcome.failed})
+    tracking.close_sweep(client, record, "FINISHED", {
+        STATE_TAG: "finished", "trials_finished": outcome.finished,
+        "trials_failed": outcome.failed, "trials_planned": outcome.trials})
     return report
 
 

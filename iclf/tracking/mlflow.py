@@ -31,8 +31,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from iclf.names import (
-    CONFIG_KEY_TAG, CURVE_METRICS, EPOCH, HEADLINE_METRICS, PARAM_PREFIX, PARENT_TAG, ROLE_TAG,
-    SEED_TAG, SWEEP_TAG, TRIAL_TAG, VAL_METRICS)
+    CONFIG_KEY_TAG, CURVE_METRICS, EPOCH, HEADLINE_METRICS, INTERRUPTED_TAG, PARAM_PREFIX,
+    PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG, VAL_METRICS)
 from iclf.tracking.uri import sqlite_path
 
 MAX_BATCH = 100                   # MLflow accepts at most 100 params or tags per log_batch
@@ -178,6 +178,8 @@ def open_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
     if run is not None:
         if run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
+        if INTERRUPTED_TAG in run.data.tags:  # an interrupted sweep resumed: the trial runs again
+            client.delete_tag(run.info.run_id, INTERRUPTED_TAG)
         return run.info.run_id, False
     all_tags = {ROLE_TAG: "trial", TRIAL_TAG: trial_id, PARENT_TAG: parent_run_id,
                 **{k: str(v) for k, v in tags.items()}}

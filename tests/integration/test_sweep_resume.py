@@ -14,10 +14,6 @@ FINISHED run and train nothing.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,77 +23,15 @@ pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 psutil = pytest.importorskip("psutil")
 
+from drivers import Driver  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
 TRIALS = 4  # lora.rank x seeds, two at a time
 
 
 HISTORY_KEYS = ("epoch", "val/R1", "val/mAP", "train/loss", "test/R1")
-
-
-class Driver:
-    """``python -m iclf.sweep.cli ARGS`` in its own process group; remembers every descendant."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self.out = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "iclf.sweep.cli", *args], cwd=ROOT,
-                                     stdout=self.out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.root = psutil.Process(self.proc.pid)
-        self.seen: dict[int, psutil.Process] = {self.proc.pid: self.root}
-
-    def record(self) -> None:
-        try:
-            for child in self.root.children(recursive=True):
-                self.seen.setdefault(child.pid, child)
-        except psutil.NoSuchProcess:
-            pass
-
-    def wait(self, timeout: float) -> int | None:
-        """Exit code, or None when still running after ``timeout`` seconds (recording meanwhile)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.record()
-            if self.proc.poll() is not None:
-                return self.proc.returncode
-            time.sleep(0.5)
-        return None
-
-    def kill_group(self) -> None:
-        self.record()
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def survivors(self, grace: float) -> list[psutil.Process]:
-        """Recorded processes still alive after ``grace`` seconds (the same processes: psutil checks
-        the creation time, so a reused PID is not mistaken for one of them)."""
-        procs = [p for p in self.seen.values() if p.pid != self.proc.pid]
-        _, alive = psutil.wait_procs(procs, timeout=grace)
-        return alive
-
-    def end_all(self) -> list[psutil.Process]:
-        """SIGKILL, by PID, every recorded process still alive; returns those it had to kill."""
-        if self.proc.poll() is None:
-            self.kill_group()
-        alive = self.survivors(grace=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
-        self.out.close()
-        return alive
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
