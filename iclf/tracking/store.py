@@ -17,6 +17,7 @@ message here ever carries a password: URIs are shown through :func:`redact`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -129,19 +130,41 @@ def open_client(uri: str, policy: Any = None):
     check_driver(uri)
     if is_server(uri):
         limit_http_retries()
+    db = None
     if scheme(uri) == "sqlite" and uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
     from mlflow import MlflowClient
 
     where = redact(uri)
     try:
-        # MlflowClient opens a database store (and creates a fresh schema) when it is built.
-        client = RetryingClient(retry_call(MlflowClient, tracking_uri=uri, what="MLflow connect",
-                                           where=where, policy=policy), where=where, policy=policy)
-        client.search_experiments(max_results=1)  # a server answers (and checks the login)
+        with _schema_lock(db):
+            # MlflowClient opens a database store (and creates or migrates its schema) when it is
+            # built; several processes doing that at once on one SQLite file race in alembic.
+            client = RetryingClient(retry_call(MlflowClient, tracking_uri=uri,
+                                               what="MLflow connect", where=where, policy=policy),
+                                    where=where, policy=policy)
+            client.search_experiments(max_results=1)  # a server answers (and checks the login)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the fix
         raise explain(exc, uri) from exc
     return client
+
+
+@contextlib.contextmanager
+def _schema_lock(db: Path | None):
+    """For a SQLite store, an exclusive lock on ``<db>.lock`` while the store is opened: the
+    processes that create (or migrate) one database take turns. Nothing for other stores."""
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 __all__ = ["open_client", "check_driver", "explain", "redact", "has_password", "is_server",
