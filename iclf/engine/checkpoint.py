@@ -38,6 +38,22 @@ def load(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
 
 
+def unreadable(directory: str | Path) -> str | None:
+    """Why the checkpoint directory cannot resume a run (a missing, truncated or foreign
+    ``state.pt``, or a broken ``best.pt`` beside it), or None when it can."""
+    directory = Path(directory)
+    try:
+        state = load(directory / STATE_FILE)
+        if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "rng",
+                                                "progress"} <= set(state):
+            return f"{directory / STATE_FILE}: not a training state"
+        if (directory / BEST_FILE).exists():
+            load(directory / BEST_FILE)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that train (adapters, new modules, unfrozen backbone parts), detached."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

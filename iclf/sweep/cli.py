@@ -15,9 +15,7 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -163,8 +161,8 @@ def _print_best(outcome, metric: str, mode: str) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from iclf.analysis import write_report
-    from iclf.sweep.results import partial_note, resolve_sweep, sweep_frames, sweep_state
+    from iclf.sweep.results import (
+        partial_note, resolve_sweep, sweep_frames, sweep_state, write_sweep_report)
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
     trials, curves = sweep_frames(ref)
@@ -174,23 +172,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         out = ref.storage / "report"
     else:
         out = Path("runs") / "reports" / ref.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
-    try:
-        baseline = ref.baseline()
-        try:
-            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric, mode=ref.mode)
-        except ValueError:
-            if baseline is None:
-                raise
-            baseline = None
-            write_report(trials, curves, tmp, baseline=None, metric=ref.metric, mode=ref.mode)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_sweep_report(trials, curves, out, baseline=ref.baseline(), metric=ref.metric,
+                       mode=ref.mode)
     facts = json.loads((out / "report.json").read_text())
     note = partial_note(sweep_state(ref))
     planned = ref.parent.data.tags.get("trials_planned", "")

@@ -23,7 +23,7 @@ from iclf.names import (
     SWEEP_TAG)
 
 __all__ = ["SweepRef", "resolve_sweep", "connect_existing", "sweep_frames", "sweep_summary",
-           "best_trial", "best_facts", "export_best", "fmt_mean_std", "sweep_state", "partial_note"]
+           "best_trial", "best_facts", "export_best", "fmt_mean_std", "sweep_state", "partial_note", "write_sweep_report"]
 
 
 @dataclass
@@ -181,6 +181,37 @@ def fmt_mean_std(mean: float, std: float) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     return f"{mean:.2f}" if std is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def write_sweep_report(trials, curves, out: Path, *, baseline: dict[str, Any] | None, metric: str,
+                       mode: str) -> dict[str, Path] | None:
+    """The analysis report of a sweep into ``out``, written in a temporary directory beside it and
+    renamed into place (a reader never sees half a report). None, and nothing written, when no
+    trial finished; a baseline with no finished trial yet is left out rather than failing."""
+    import shutil
+
+    from iclf.analysis import write_report
+
+    if trials.empty or not (trials["status"] == "FINISHED").any():
+        return None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
+    try:
+        try:
+            written = write_report(trials, curves, tmp, baseline=baseline, metric=metric,
+                                   mode=mode)
+        except ValueError:
+            if baseline is None:
+                raise
+            written = write_report(trials, curves, tmp, baseline=None, metric=metric, mode=mode)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {k: out / Path(v).name for k, v in written.items()}
 
 
 def sweep_state(ref: SweepRef) -> str:

@@ -36,7 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -225,12 +224,34 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     reporter = TuneReporter(logger, metric=spec.metric, mode=spec.mode, trial_id=trial_id,
                             epoch_hook=ctx.epoch_hook)
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        train(cfg, reporter=reporter, run_dir=cfg.run_dir, progress=False, console=False)
-        return
-    with checkpoint.as_directory() as resume_from:
-        train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir, progress=False,
-              console=False)
+    resume_from = None
+    if checkpoint is not None:
+        resume_from, skipped = resume_point(Path(checkpoint.path))
+        logger.set_tags({"resumed_from": resume_from.name if resume_from else "scratch",
+                         **({"skipped_checkpoints": "; ".join(skipped)} if skipped else {})})
+    train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir, progress=False,
+          console=False)
+
+
+def resume_point(latest: Path) -> tuple[Path | None, list[str]]:
+    """Where a restarted trial resumes: Tune's latest checkpoint if it can be read, else the newest
+    older one Tune kept beside it (``checkpoint_<n>``), else nothing (from scratch). Returns it and
+    why each newer one was skipped, so a broken file costs epochs, never the trial or its retries."""
+    from iclf.engine.checkpoint import unreadable
+
+    def index(path: Path) -> int:
+        digits = path.name.rsplit("_", 1)[-1]
+        return int(digits) if digits.isdigit() else -1
+
+    older = sorted((p for p in latest.parent.glob("checkpoint_*")
+                    if p.is_dir() and index(p) < index(latest)), key=index, reverse=True)
+    skipped = []
+    for candidate in [latest, *older]:
+        problem = unreadable(candidate)
+        if problem is None:
+            return candidate, skipped
+        skipped.append(f"{candidate.name}: {problem}")
+    return None, skipped
 
 
 # ----------------------------------------------------------------------------------- driver side
@@ -715,19 +736,17 @@ def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: 
                    client) -> list[str]:
     """Write the analysis report (:func:`iclf.analysis.write_report`) and log it to the parent run;
     returns the paths."""
-    from iclf.analysis import write_report
+    from iclf.sweep.results import write_sweep_report
     from iclf.tracking.mlflow import load_sweep_frames
 
     trials, curves = load_sweep_frames(uri, parent_run_id)
     out = sweep_dir / "report"
-    if out.exists():
-        shutil.rmtree(out)
-    written = write_report(trials, curves, out, baseline=dict(spec.baseline) or None,
-                           metric=spec.metric, mode=spec.mode)
-    paths = [str(p) for p in written.values()]
-    if out.is_dir():
-        client.log_artifacts(parent_run_id, str(out), "report")
-    return paths
+    written = write_sweep_report(trials, curves, out, baseline=dict(spec.baseline) or None,
+                                 metric=spec.metric, mode=spec.mode)
+    if written is None:  # no trial finished: nothing to summarise
+        return []
+    client.log_artifacts(parent_run_id, str(out), "report")
+    return [str(p) for p in written.values()]
 
 
 __all__ = ["TrialContext", "TuneReporter", "CloseRuns", "SweepOutcome", "SweepError", "run_trial",

@@ -95,3 +95,65 @@ def test_nan_fails_only_its_trial(tmp_path, ray_local, capsys):
     assert bad.info.status == "FAILED"
     assert "non-finite loss" in bad.data.tags["error"] and bad.data.tags["retries"] == "1"
     assert "test/R1" not in bad.data.metrics
+
+
+def break_checkpoints(storage: str, marker_dir: str, epoch: int, trial_id: str) -> None:
+    """At epoch 3, once per trial, after Tune recorded the checkpoints of epochs 1 and 2: the first
+    trial there truncates the newest one's state.pt, the second truncates both; then it fails."""
+    if epoch != 3:
+        return
+    marker = Path(marker_dir) / trial_id
+    if marker.exists():
+        return
+    try:
+        os.close(os.open(Path(marker_dir) / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        kind = "newest"
+    except FileExistsError:
+        kind = "all"
+    marker.write_text(kind)
+    kept = sorted(Path(storage).glob(f"*{trial_id}*/checkpoint_*"))
+    assert len(kept) == 2, kept
+    for ckpt_dir in kept[-1:] if kind == "newest" else kept:
+        state = ckpt_dir / "state.pt"
+        state.write_bytes(state.read_bytes()[:100])  # truncated
+    raise RuntimeError("injected failure after breaking checkpoints")
+
+
+@pytest.mark.slow
+def test_a_broken_checkpoint_is_skipped_for_an_older_one_or_scratch(tmp_path, ray_local):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    spec = load_spec(write_tiny_spec(tmp_path, "broken", "lora.rank: {grid: [0, 4]}", epochs=3))
+    hook = functools.partial(break_checkpoints, str(tmp_path / "ray" / "broken"), str(markers))
+    outcome = run_sweep(spec, epoch_hook=hook, verbose=0)
+    assert outcome.completed and (outcome.finished, outcome.failed) == (2, 0)
+    client, _, kids = sweep_runs(tmp_path, "broken")
+    kind = {m.name: m.read_text() for m in markers.iterdir() if m.name != "first"}
+    assert sorted(kind.values()) == ["all", "newest"]
+    for run in kids:
+        rid, tags = run.info.run_id, run.data.tags
+        assert run.info.status == "FINISHED" and tags["retries"] == "1"
+        events = [json.loads(line) for line in
+                  (Path(tags["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        starts = [e["resumed_from_epoch"] for e in events if e["event"] == "start"]
+        if kind[tags["ray_trial_id"]] == "newest":  # the epoch-1 checkpoint Tune kept
+            assert starts == [0, 1] and tags["resumed_from"] == "checkpoint_000000"
+            assert tags["skipped_checkpoints"].startswith("checkpoint_000001: ")
+        else:  # nothing readable: from scratch, not the same broken file again
+            assert starts == [0, 0] and tags["resumed_from"] == "scratch"
+            assert tags["skipped_checkpoints"].count("not a readable checkpoint") == 2
+        for key in ("epoch", "val/R1", "train/loss"):
+            assert [m.step for m in client.get_metric_history(rid, key)] == [1, 2, 3], key
+        assert len(client.get_metric_history(rid, "test/R1")) == 1
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_failed_ends_without_a_report(tmp_path, ray_local, capsys):
+    spec = write_tiny_spec(tmp_path, "allnan", "losses.temperature: {grid: [1.0e-40]}", epochs=1,
+                           extra="max_failures: 0\n")
+    assert main([str(spec), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "0 finished, 1 failed of 1 trials" in captured.out and "Traceback" not in captured.err
+    _, parents, kids = sweep_runs(tmp_path, "allnan")
+    assert parents[0].info.status == "FINISHED" and kids[0].info.status == "FAILED"
+    assert not (tmp_path / "ray" / "allnan" / "report").exists()
