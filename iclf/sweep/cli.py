@@ -23,6 +23,7 @@ from iclf.errors import UsageError
 from iclf.names import DEFAULT_DB, SOURCE_RUN_TAG
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+DEFAULT_UI_PORT = 5000
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 SWEEP_HELP = ("the sweep: its spec file (ablations/demo.yaml), its Ray directory (runs/ray/demo) or "
               "its name (demo)")
@@ -284,6 +285,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow UI for {what}: {page} (served by the tracking server; log in there)")
         return 0
 
+    from iclf.tracking.server import next_free_port, port_free
+
+    port = args.port
+    if port is None:
+        port = next_free_port(args.host, DEFAULT_UI_PORT)
+        if port is None:
+            raise UsageError(f"no free port from {DEFAULT_UI_PORT} on {args.host}: pass --port")
+        if port != DEFAULT_UI_PORT:
+            print(f"port {DEFAULT_UI_PORT} on {args.host} is in use (another server?): serving on "
+                  f"{port} instead", flush=True)
+    elif not port_free(args.host, port):
+        raise UsageError(f"port {port} on {args.host} is in use (another MLflow server?); its pages "
+                         f"would not be this database's: stop it, or pass another --port")
+
     def ready(base: str) -> None:
         runs = f"{base}/#/experiments/{exp_id}/runs" if exp_id is not None else base
         print(f"MLflow UI for {what}: {runs}", flush=True)
@@ -294,10 +309,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"  tracking database: {redact(uri)}; stop with Ctrl-C", flush=True)
 
     try:
-        return serve_ui(uri, host=args.host, port=args.port, timeout=args.timeout,
+        return serve_ui(uri, host=args.host, port=port, timeout=args.timeout,
                         quiet=args.quiet, on_ready=ready)
     except TimeoutError as exc:
-        raise UsageError(f"{exc} (port in use? try --port)") from None
+        raise UsageError(str(exc)) from None
 
 
 SUMMARY_DESC = """\
@@ -375,7 +390,9 @@ def add_results_parsers(subparsers) -> None:
                               description=UI_DESC, formatter_class=raw)
     p.add_argument("sweep", nargs="?", default=None, help=SWEEP_HELP + " (default: the latest)")
     p.add_argument("--tracking-uri", default=None, help=URI_HELP)
-    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port; refused when something else listens there (default: 5000, or the "
+                        "next free port after it)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 exposes the UI to the network)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the server")

@@ -5,28 +5,49 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from typing import Callable
 
-__all__ = ["serve_ui"]
+__all__ = ["serve_ui", "port_free", "next_free_port"]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (nothing else listens there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def next_free_port(host: str, start: int, tries: int = 50) -> int | None:
+    """The first free port from ``start`` on, or None."""
+    return next((p for p in range(start, start + tries) if port_free(host, p)), None)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> str | None:
+    """None once the server answers ``/health``; else what went wrong, with the real timing."""
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        code = proc.poll()
+        if code is not None:
+            return (f"the MLflow server exited after {time.monotonic() - t0:.1f} s (exit code "
+                    f"{code}) before it answered")
         try:
             with urllib.request.urlopen(url + "/health", timeout=2) as resp:
                 if resp.status == 200:
-                    return True
+                    return None
         except OSError:
             time.sleep(0.5)
-    return False
+    return f"the MLflow server did not answer within {time.monotonic() - t0:.0f} s"
 
 
 def _raise_interrupt(signum, frame):
@@ -72,9 +93,9 @@ def serve_ui(uri: str, *, host: str, port: int, timeout: float, quiet: bool,
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL if quiet else None,
                             stderr=subprocess.DEVNULL if quiet else None, start_new_session=True)
     try:
-        if not _wait_ready(base, proc, timeout):
-            raise TimeoutError(f"the MLflow server did not start on {host}:{port} within "
-                               f"{timeout:.0f} s")
+        problem = _wait_ready(base, proc, timeout)
+        if problem is not None:
+            raise TimeoutError(f"{problem} on {host}:{port}")
         on_ready(base)
         return proc.wait()
     except KeyboardInterrupt:
