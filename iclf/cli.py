@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from iclf.errors import UsageError  # commands raise it; re-exported here
+from iclf.errors import OneLineParser, UsageError  # commands raise UsageError; re-exported here
 
 DESCRIPTION = """\
 ICLF ablation platform for text-to-image person re-identification.
@@ -51,7 +51,7 @@ def experiments_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "experiments"
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class _OneLineParser(OneLineParser):
     """Parses ``key=value`` overrides before and after the flags (intermixed), and reports a parse
     error as a :class:`UsageError` (one line, exit 2) instead of printing the usage."""
 
@@ -70,9 +70,6 @@ class _OneLineParser(argparse.ArgumentParser):
             raise UsageError(f"unknown flag {flag!r} (known: {_known_flags()})"
                              if flag.startswith("-") else f"unexpected argument {flag!r}")
         return parsed, extras
-
-    def error(self, message: str):  # noqa: D102 - argparse's hook
-        raise UsageError(message)
 
 
 def _legacy_dest(flag: str) -> str:
@@ -284,8 +281,8 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iclf", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="iclf", description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from iclf.errors import UsageError
+from iclf.errors import OneLineParser, UsageError
 from iclf.names import DEFAULT_DB, SOURCE_RUN_TAG
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -46,7 +46,7 @@ runs/ray/<sweep>/ (Ray results, checkpoints, each trial's run directory).
 """
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class _IntermixedParser(OneLineParser):
     """Accepts ``key=value`` overrides before and after the flags (``SPEC --smoke a=1 b=2``), which a
     plain parser refuses once an optional has ended the positional list."""
 
@@ -401,10 +401,15 @@ def add_results_parsers(subparsers) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m iclf.sweep.cli")
+    """``python -m iclf.sweep.cli SPEC ...``: the ``iclf sweep`` command on its own."""
+    parser = OneLineParser(prog="python -m iclf.sweep.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     add_sweep_parser(sub)
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return args.func(args)
 
 

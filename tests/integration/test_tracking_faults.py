@@ -29,6 +29,9 @@ LOGGER = textwrap.dedent("""
     from iclf.tracking.mlflow import RunLogger, connect
     uri, run_id, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
     gate = sys.argv[4] if len(sys.argv) > 4 else None  # epochs 2 and 3 wait for this file
+    start = os.environ.get("CONNECT_GATE")  # connect only once this file exists
+    while start and not os.path.exists(start):
+        time.sleep(0.05)
     logger = RunLogger(connect(uri), run_id)
     print("opened", flush=True)
     time.sleep(wait)  # the test takes its lock here when it wants the logging, not the opening, hit
@@ -71,10 +74,17 @@ def steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_a_trial_that_connects_while_the_database_is_locked_waits_and_loses_nothing(tmp_path):
     """Issue 13's case: a lock as trials start made both fail in connect()."""
     uri, client, run_id = new_run(tmp_path)
+    gate = tmp_path / "connect-now"
+    # The logger is started (imports done) before the lock, and connects once it is held: how
+    # long a busy machine takes to start a Python process must not decide what this test sees.
+    logger = subprocess.Popen([sys.executable, "-c", LOGGER, uri, run_id, "0"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(ICLF_TRACKING_RETRY_S="120", CONNECT_GATE=str(gate)))
     locker = hold_lock(tmp_path / "mlflow.db", 8)
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", LOGGER, uri, run_id, "0"], capture_output=True,
-                         text=True, timeout=180, env=_env(ICLF_TRACKING_RETRY_S="120"))
+    gate.touch()
+    stdout, stderr = logger.communicate(timeout=180)
+    out = subprocess.CompletedProcess(logger.args, logger.returncode, stdout, stderr)
     elapsed = time.monotonic() - t0
     locker.wait(timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
