@@ -30,6 +30,8 @@ LOGGER = textwrap.dedent("""
     uri, run_id, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
     gate = sys.argv[4] if len(sys.argv) > 4 else None  # epochs 2 and 3 wait for this file
     start = os.environ.get("CONNECT_GATE")  # connect only once this file exists
+    if start:
+        print("imported", flush=True)
     while start and not os.path.exists(start):
         time.sleep(0.05)
     logger = RunLogger(connect(uri), run_id)
@@ -60,6 +62,24 @@ def hold_lock(db: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
+def connect_under_lock(tmp: Path, uri: str, run_id: str, *, lock_s: float, retry_s: float):
+    """Run LOGGER so that it connects while another process holds the database's lock: it is
+    started (imports done) first and connects once the lock is held, so how long a busy machine
+    takes to start a Python process cannot decide what the test sees. ``(result, seconds)``."""
+    gate = tmp / "connect-now"
+    logger = subprocess.Popen([sys.executable, "-c", LOGGER, uri, run_id, "0"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(ICLF_TRACKING_RETRY_S=str(retry_s), CONNECT_GATE=str(gate)))
+    assert logger.stdout.readline().strip() == "imported"
+    locker = hold_lock(tmp / "mlflow.db", lock_s)
+    t0 = time.monotonic()
+    gate.touch()
+    stdout, stderr = logger.communicate(timeout=180)
+    elapsed = time.monotonic() - t0
+    locker.wait(timeout=60)
+    return subprocess.CompletedProcess(logger.args, logger.returncode, stdout, stderr), elapsed
+
+
 def new_run(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = connect(uri)
@@ -74,19 +94,7 @@ def steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
 def test_a_trial_that_connects_while_the_database_is_locked_waits_and_loses_nothing(tmp_path):
     """Issue 13's case: a lock as trials start made both fail in connect()."""
     uri, client, run_id = new_run(tmp_path)
-    gate = tmp_path / "connect-now"
-    # The logger is started (imports done) before the lock, and connects once it is held: how
-    # long a busy machine takes to start a Python process must not decide what this test sees.
-    logger = subprocess.Popen([sys.executable, "-c", LOGGER, uri, run_id, "0"], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=_env(ICLF_TRACKING_RETRY_S="120", CONNECT_GATE=str(gate)))
-    locker = hold_lock(tmp_path / "mlflow.db", 8)
-    t0 = time.monotonic()
-    gate.touch()
-    stdout, stderr = logger.communicate(timeout=180)
-    out = subprocess.CompletedProcess(logger.args, logger.returncode, stdout, stderr)
-    elapsed = time.monotonic() - t0
-    locker.wait(timeout=60)
+    out, elapsed = connect_under_lock(tmp_path, uri, run_id, lock_s=8, retry_s=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "database is locked; retrying for up to 120 s" in out.stderr  # our layer, not luck
     assert "succeeded after" in out.stderr
@@ -97,10 +105,7 @@ def test_a_trial_that_connects_while_the_database_is_locked_waits_and_loses_noth
 
 def test_giving_up_fails_the_trial_loudly_and_writes_nothing(tmp_path):
     uri, client, run_id = new_run(tmp_path)
-    locker = hold_lock(tmp_path / "mlflow.db", 8)
-    out = subprocess.run([sys.executable, "-c", LOGGER, uri, run_id, "0"], capture_output=True,
-                         text=True, timeout=180, env=_env(ICLF_TRACKING_RETRY_S="1"))
-    locker.wait(timeout=60)
+    out, _ = connect_under_lock(tmp_path, uri, run_id, lock_s=8, retry_s=1)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("iclf.tracking.errors.TrackingUnavailable: cannot use the tracking "
