@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from iclf.errors import OneLineParser, UsageError  # commands raise UsageError; re-exported here
+from iclf.arguments import IntermixedParser, OneLineParser
+from iclf.errors import UsageError  # commands raise it; re-exported here
 
 DESCRIPTION = """\
 ICLF ablation platform for text-to-image person re-identification.
@@ -51,20 +52,14 @@ def experiments_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "experiments"
 
 
-class _OneLineParser(OneLineParser):
-    """Parses ``key=value`` overrides before and after the flags (intermixed), and reports a parse
-    error as a :class:`UsageError` (one line, exit 2) instead of printing the usage."""
-
-    _inside = False
+class _TrainParser(IntermixedParser):
+    """``iclf train``'s parser: intermixed, and a flag it does not know is named with the ones it
+    does (the research code's flags among them)."""
 
     def parse_known_args(self, args=None, namespace=None):
         if self._inside:
             return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            parsed, extras = self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
+        parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             flag = next((e for e in extras if e.startswith("-")), extras[0])
             raise UsageError(f"unknown flag {flag!r} (known: {_known_flags()})"
@@ -123,7 +118,7 @@ def legacy_overrides(args: argparse.Namespace) -> tuple[list[str], str | None]:
 
 def legacy_to_overrides(argv: Sequence[str]) -> tuple[list[str], str | None]:
     """Map the seed README's training flags onto config overrides. Unknown flags are errors."""
-    parser = _OneLineParser(prog="iclf train", add_help=False, allow_abbrev=False)
+    parser = _TrainParser(prog="iclf train", add_help=False, allow_abbrev=False)
     add_legacy_flags(parser)
     return legacy_overrides(parser.parse_args(list(argv)))
 
@@ -297,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--num_epoch 60\n"
                     "Check a config's learning rates before a long run:\n"
                     "  iclf train experiments/iclf_release_cuhk.yaml --dry-run --show-param-groups")
-    p.__class__ = _OneLineParser  # the subparsers object decides the class; only parsing differs
+    p.__class__ = _TrainParser  # the subparsers object decides the class; only parsing differs
     p.add_argument("config", nargs="?", help="experiment YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--resume", metavar="CHECKPOINT_DIR", default=None,

@@ -451,6 +451,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"expected a list, got {type(value).__name__} {value!r}", key=key)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]
+            return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if origin is tuple:
             if len(value) != len(args):
                 raise ConfigError(f"expected {len(args)} values, got {len(value)}", key=key)

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from iclf.errors import OneLineParser, UsageError
+from iclf.arguments import IntermixedParser, OneLineParser
+from iclf.errors import UsageError
 from iclf.names import DEFAULT_DB, SOURCE_RUN_TAG
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -46,13 +47,7 @@ runs/ray/<sweep>/ (Ray results, checkpoints, each trial's run directory).
 """
 
 
-class _IntermixedParser(OneLineParser):
-    """Accepts ``key=value`` overrides before and after the flags (``SPEC --smoke a=1 b=2``), which a
-    plain parser refuses once an optional has ended the positional list."""
-
-    _inside = False
-
-    def parse_known_args(self, args=None, namespace=None):
+def parse_known_args(self, args=None, namespace=None):
         if self._inside:
             return super().parse_known_args(args, namespace)
         self._inside = True
@@ -67,7 +62,7 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sweep", help="run an ablation sweep (Ray Tune + Optuna + MLflow)",
                               description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.__class__ = _IntermixedParser  # the subparsers object decides the class; only parsing differs
+    p.__class__ = IntermixedParser  # the subparsers object decides the class; only parsing differs
     p.add_argument("spec", help="ablation spec YAML (ablations/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="spec or experiment overrides")
     p.add_argument("--address", default=None,

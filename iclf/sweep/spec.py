@@ -237,16 +237,11 @@ class TrackingConfig:
     experiment: str | None = None
 
 
-@dataclass(frozen=True)
-class AblationSpec:
-    """A validated ablation spec. Build it with :func:`load_spec`."""
+@dataclass(frozen=True, kw_only=True)
+class SweepSettings:
+    """The spec keys that say how the trials run and are judged, with their types and defaults
+    (the module docstring shows them in a file)."""
 
-    path: Path
-    name: str
-    base: Path
-    experiment: Mapping[str, Any]
-    space: tuple[Param, ...]
-    rules: tuple[Rule, ...] = ()
     search: SearchConfig = field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = 1
@@ -258,6 +253,18 @@ class AblationSpec:
     max_failures: int = 1
     storage_path: str = "runs/ray"
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblationSpec(SweepSettings):
+    """A validated ablation spec. Build it with :func:`load_spec`."""
+
+    path: Path
+    name: str
+    base: Path
+    experiment: Mapping[str, Any]
+    space: tuple[Param, ...]
+    rules: tuple[Rule, ...] = ()
     baseline: Mapping[str, Any] = field(default_factory=dict)
     variant: str | None = None
     smoke: bool = False
@@ -405,27 +412,16 @@ def _mapping(where: _Where, key: str, value: Any) -> dict[str, Any]:
     return {} if value is None else where.typed(value, dict[str, Any], key)
 
 
-@dataclass
-class _SpecFile:
+@dataclass(frozen=True, kw_only=True)
+class _SpecFile(SweepSettings):
     """The top level of an ablation spec once its variant, smoke block and command line are applied:
-    the types every key must have (the module docstring shows the layout)."""
+    the settings plus what the spec file says about the experiment and its space."""
 
     name: str | None = None
     base: str | None = None
     overrides: dict[str, Any] | None = None
     space: dict[str, Any] | None = None
     when: list[Any] | None = None
-    search: SearchConfig = field(default_factory=SearchConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    num_samples: int = 1
-    seeds: list[int] = field(default_factory=lambda: [0])
-    metric: str = "val/R1"
-    mode: Literal["max", "min"] = "max"
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    max_concurrent_trials: int | None = None
-    max_failures: int = 1
-    storage_path: str = "runs/ray"
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     baseline: dict[str, Any] | None = None
 
 
@@ -630,13 +626,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     if not top.space:
         raise where.fail("space", "expected at least one parameter")
     space = tuple(_parse_param(where, str(k), v) for k, v in top.space.items())
+    settings = {f.name: getattr(top, f.name) for f in dataclasses.fields(SweepSettings)}
     spec = AblationSpec(
         path=path, name=name, base=base, experiment=experiment, space=space,
-        rules=_parse_rules(where, top.when), search=top.search, scheduler=top.scheduler,
-        num_samples=top.num_samples, seeds=tuple(top.seeds), metric=top.metric, mode=top.mode,
-        resources=top.resources, max_concurrent_trials=top.max_concurrent_trials,
-        max_failures=top.max_failures, storage_path=top.storage_path, tracking=top.tracking,
-        baseline=dict(top.baseline or {}), variant=variant, smoke=smoke, resolved=resolved)
+        rules=_parse_rules(where, top.when), baseline=dict(top.baseline or {}), variant=variant,
+        smoke=smoke, resolved=resolved, **settings)
     _validate(where, spec)
     return spec
 
@@ -815,6 +809,6 @@ def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in params.items()}
 
 
-__all__ = ["AblationSpec", "Condition", "Param", "Rule", "SearchConfig", "SchedulerConfig",
+__all__ = ["AblationSpec", "SweepSettings", "Condition", "Param", "Rule", "SearchConfig", "SchedulerConfig",
            "ResourcesConfig", "TrackingConfig", "load_spec", "config_key", "get_dotted",
            "flat_params", "schema_has", "PATH_KEYS"]
