@@ -26,7 +26,6 @@ sees half a file."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,7 +33,6 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from iclf.data.transforms import load_image, resize_image
+from iclf.files import lock_beside
 
 MAGIC = b"ICLFIMC1"
 FORMAT_VERSION = 1
@@ -298,7 +297,7 @@ def ensure_image_cache(data: Any, image_size: Sequence[int], cache_dir: str | os
         path = cache_file(cache_dir, data.name, split, image_size)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with _locked(path):
+            with lock_beside(path):
                 try:
                     out[split] = ImageCache.open(path, data, split, image_size)
                     continue
@@ -336,16 +335,6 @@ def train_image_cache(data: Any, image_size: Sequence[int], setting: str,
              f"or off)")
         return None
     return caches.get("train")
-
-
-@contextmanager
-def _locked(path: Path):
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _say(message: str) -> None:

@@ -47,16 +47,6 @@ runs/ray/<sweep>/ (Ray results, checkpoints, each trial's run directory).
 """
 
 
-def parse_known_args(self, args=None, namespace=None):
-        if self._inside:
-            return super().parse_known_args(args, namespace)
-        self._inside = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inside = False
-
-
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``sweep`` command to an ``argparse`` subparsers object."""
     p = subparsers.add_parser("sweep", help="run an ablation sweep (Ray Tune + Optuna + MLflow)",

@@ -157,14 +157,10 @@ def _schema_lock(db: Path | None):
     if db is None:
         yield
         return
-    import fcntl
+    from iclf.files import lock_beside
 
-    with open(db.with_name(db.name + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with lock_beside(db):
+        yield
 
 
 __all__ = ["open_client", "check_driver", "explain", "redact", "has_password", "is_server",

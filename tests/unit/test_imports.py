@@ -10,9 +10,11 @@ HEAVY = ("ray", "mlflow", "optuna")
 CORE = ["iclf", "iclf.models", "iclf.tokenizer", "iclf.losses", "iclf.objective", "iclf.metrics",
         "iclf.data", "iclf.data.pedes", "iclf.data.synthetic", "iclf.data.cache", "iclf.config",
         "iclf.engine", "iclf.engine.trainer", "iclf.engine.pretrain", "iclf.analysis",
-        "iclf.precision", "iclf.models.reference", "iclf.engine.runs"]
+        "iclf.precision", "iclf.models.reference", "iclf.engine.runs", "iclf.names", "iclf.errors",
+        "iclf.arguments", "iclf.files"]
 # The command line registers every subcommand at start-up; their modules defer the heavy imports.
-COMMANDS = ["iclf.cli", "iclf.sweep.cli", "iclf.sweep.spec", "iclf.sweep.results", "iclf.demo"]
+COMMANDS = ["iclf.cli", "iclf.sweep.cli", "iclf.sweep.spec", "iclf.sweep.results", "iclf.demo",
+            "iclf.sweep.storage", "iclf.sweep.lease", "iclf.tracking.uri"]
 
 
 @pytest.mark.parametrize("modules", [CORE, COMMANDS], ids=["core", "commands"])
