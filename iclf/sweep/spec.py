@@ -75,7 +75,10 @@ from iclf.names import PARAM_PREFIX, VAL_METRICS
 PARAM_KINDS = ("grid", "choice", "uniform", "loguniform", "int")
 OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le", "in", "not_in")
 # Experiment keys that hold paths: made absolute on the driver (Tune changes a trial's cwd).
-PATH_KEYS = ("output_dir", "data.root", "model.pretrained")
+PATH_KEYS = ("output_dir", "data.root", "model.pretrained", "data.image_cache")
+# Values of a path key that are settings, not paths (data.image_cache: off | auto | a directory;
+# YAML reads a bare off/on as false/true, which are never paths either).
+PATH_KEYWORDS = {"data.image_cache": ("off", "auto")}
 
 _MISSING = object()
 
@@ -562,7 +565,7 @@ def _absolute_paths(data: dict[str, Any]) -> None:
     """Make the experiment's path keys absolute against the current directory."""
     for key in PATH_KEYS:
         value = get_dotted(data, key, None)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and value not in PATH_KEYWORDS.get(key, ()):
             set_dotted(data, key, str(Path(value).expanduser().resolve()))
 
 
