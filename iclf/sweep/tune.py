@@ -332,13 +332,17 @@ class SweepOutcome:
 
 
 def prepare_shared_inputs(spec: AblationSpec) -> str:
-    """Build the synthetic dataset and the tiny pretrained backbone once, on the driver, before any
-    trial starts (trials would otherwise build them concurrently); returns the dataset fingerprint."""
+    """Build the synthetic dataset, the tiny pretrained backbone and the decoded-image cache of the
+    training images once, on the driver, before any trial starts (trials would otherwise build them
+    concurrently, or each decode every image); returns the dataset fingerprint."""
+    from iclf.data.cache import train_image_cache
     from iclf.engine.trainer import ensure_backbone_weights, prepare_data, resolve_paths
 
     cfg = resolve_paths(spec.trial_config({}, spec.seeds[0]))
     data = prepare_data(cfg)
     ensure_backbone_weights(cfg)
+    train_image_cache(data, tuple(cfg.model.image_size), cfg.data.image_cache, cfg.data.root,
+                      num_workers=os.cpu_count() or 1, progress=True)
     return str(getattr(data, "fingerprint", ""))
 
 
