@@ -22,7 +22,8 @@ Layout (every key but ``name``, ``base`` and ``space`` optional)::
     seeds: [0, 1, 2]                          # every configuration runs once per seed
     metric: val/R1                            # a validation metric; the search never sees test
     mode: max
-    resources: {cpu: 1, gpu: auto}            # per trial; auto = 1 GPU when the cluster has GPUs
+    resources: {cpu: 1, gpu: auto}            # per trial; auto = 1 GPU when the cluster has GPUs;
+                                              # 0.5 / 0.25: two / four trials share one GPU
     max_concurrent_trials: null
     max_failures: 1                           # retries per trial (from its last checkpoint)
     storage_path: runs/ray                    # relative to the working directory
@@ -226,7 +227,9 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Per-trial resources; ``gpu: auto`` = 1 when the cluster has GPUs, else 0."""
+    """Per-trial resources; ``gpu: auto`` = 1 when the cluster has GPUs, else 0. A fraction (0.5,
+    0.25) packs several trials on one GPU (Ray places 1/gpu of them on each; they share its
+    memory); more than one GPU per trial is a whole number."""
 
     cpu: float = 1.0
     gpu: Literal["auto"] | float = "auto"
@@ -695,6 +698,9 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
         raise where.fail("resources.cpu", f"expected a number > 0, got {r.cpu!r}")
     if r.gpu != "auto" and r.gpu < 0:
         raise where.fail("resources.gpu", f"expected 'auto' or a number >= 0, got {r.gpu!r}")
+    if r.gpu != "auto" and r.gpu > 1 and r.gpu != int(r.gpu):
+        raise where.fail("resources.gpu", f"{r.gpu!r}: a trial takes a fraction of one GPU (0.5, "
+                                          f"0.25: trials share it) or whole GPUs (1, 2), not both")
     m = spec.max_concurrent_trials
     if m is not None and m < 1:
         raise where.fail("max_concurrent_trials", f"expected an integer >= 1 or null, got {m!r}")

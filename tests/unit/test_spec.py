@@ -278,6 +278,8 @@ BAD = [
     ("seeds: [3, 4]", "seeds: [3]\nresources: {gpu: lots}",
      r"spec.yaml: resources.gpu: expected 'auto' or a number"),
     ("seeds: [3, 4]", "seeds: [3]\nresources: {tpu: 1}", r"spec.yaml: resources.tpu: unknown key"),
+    ("seeds: [3, 4]", "seeds: [3]\nresources: {gpu: 1.5}",
+     r"spec.yaml: resources.gpu: 1.5: a trial takes a fraction of one GPU \(0.5, 0.25"),
     ("seeds: [3, 4]", "seeds: [3]\nmax_concurrent_trials: 0", r"max_concurrent_trials: expected an "
                                                               r"integer >= 1"),
     ("baseline: {lora.rank: 0, fusion.depth: 2}", "baseline: {lora.rank: 4}",
