@@ -12,7 +12,8 @@ CORE = ["iclf", "iclf.models", "iclf.tokenizer", "iclf.losses", "iclf.objective"
         "iclf.engine", "iclf.engine.trainer", "iclf.engine.pretrain", "iclf.analysis",
         "iclf.precision", "iclf.models.reference", "iclf.engine.runs"]
 # The command line registers every subcommand at start-up; their modules defer the heavy imports.
-COMMANDS = ["iclf.cli", "iclf.sweep.cli", "iclf.sweep.spec", "iclf.sweep.results", "iclf.demo"]
+COMMANDS = ["iclf.cli", "iclf.sweep.cli", "iclf.sweep.spec", "iclf.sweep.results", "iclf.demo",
+            "iclf.sweep.plan", "iclf.sweep.cleanup"]
 
 
 @pytest.mark.parametrize("modules", [CORE, COMMANDS], ids=["core", "commands"])
