@@ -129,7 +129,7 @@ class Projection:
         return self.line().split(": ", 1)[1]
 
 
-def _device_type(spec: AblationSpec, cfg: ExperimentConfig, gpu: float) -> str:
+def _device_type(cfg: ExperimentConfig, gpu: float) -> str:
     """The kind of device a trial trains on: cuda with a GPU share, else what the config names."""
     if gpu > 0:
         return "cuda"
@@ -307,7 +307,7 @@ def make_plan(spec: AblationSpec, *, machine: Machine | None = None, history: bo
     gpu = trial_gpu(spec, machine)
     concurrent, limited_by = concurrency(spec, machine, gpu, num)
     base_cfg = spec.trial_config({}, spec.seeds[0])
-    device = _device_type(spec, base_cfg, gpu)
+    device = _device_type(base_cfg, gpu)
     plan = SweepPlan(spec=spec, machine=machine, cpu=float(spec.resources.cpu), gpu=gpu,
                      trials=trials, num_trials=num, concurrent=concurrent, limited_by=limited_by,
                      device=device)
