@@ -241,7 +241,9 @@ class SweepPlan:
             width = max(len(p.key) for p in spec.space)
             for p in spec.space:
                 lines.append(f"  {p.key:<{width}}  {describe_param(p)}")
-        gpu_text = f"{self.gpu:g} GPU" + (f" (gpu: auto)" if spec.resources.gpu == "auto" else "")
+        gpu_text = f"{self.gpu:g} GPU"
+        if spec.resources.gpu == "auto":
+            gpu_text += " (gpu: auto, 1 where there are GPUs)" if self.gpu == 0 else " (gpu: auto)"
         lines.append(f"resources per trial: {spec.resources.cpu:g} CPU, {gpu_text}; here "
                      f"{self.machine.cpus} CPUs, {self.machine.gpus} GPUs: {self.concurrent} "
                      f"trial{'s' if self.concurrent != 1 else ''} at once (limited by "
