@@ -12,7 +12,9 @@ Prints one JSON object with two parts (``--part`` picks one).
   training (trial process start, model build, MLflow logging, checkpoint persistence, scheduling,
   idle slots in the tail), ASHA's driver-side test evaluation, and finalize (closing runs, the
   analysis report); ``in_trial_outside_training`` is the part of the child runs' own lifetimes
-  (MLflow run start to end, per slot) not spent training. Goal: at most 15 %.
+  (MLflow run start to end, per slot) not spent training. Goal: at most 15 %. ``disk``: what the
+  sweep left on disk (:func:`disk_usage`). Goal: a finished trial at most 1.5x its selected
+  weights.
 * ``asha_vs_fifo``: the demo space and seeds with more epochs (``--epochs``), once with FIFO and
   once with ASHA on epochs (``--grace-period``, ``--reduction-factor``): trial-epochs consumed (sum
   over child runs of their last epoch), the best validation R1 (the best child run's best epoch,
@@ -26,9 +28,13 @@ root), built once and reused. ``--quick`` shrinks everything to check that the s
 backbone without pretraining, 16 identities at 64x32, two steps per epoch; the overhead part on the
 smoke block; a 3-configuration, 1-seed, 3-epoch space for ASHA vs FIFO): its figures mean nothing.
 
+``--disk DIR`` only reports :func:`disk_usage` of a sweep an earlier ``--out DIR`` kept (any
+version of the code: it reads the files and the MLflow database, nothing else).
+
 Usage: python bench/sweep_overhead.py [--part overhead|asha|both] [--quick] [--smoke]
        [--epochs 8] [--grace-period 1] [--reduction-factor 2] [--num-cpus N] [--out DIR]
        [key=value ...]       (spec or experiment overrides applied to every sweep)
+       python bench/sweep_overhead.py --disk DIR
 """
 
 from __future__ import annotations
@@ -95,6 +101,51 @@ def children(outcome):
     return client, child_runs(client, outcome.experiment_id, outcome.parent_run_id)
 
 
+def _bytes(paths) -> int:
+    """Bytes of every file under ``paths``, each inode once (hard links share their bytes)."""
+    seen, total = set(), 0
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else (root.rglob("*") if root.is_dir() else [])
+        for f in files:
+            if f.is_file() and not f.is_symlink():
+                st = f.stat()
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_size
+    return total
+
+
+def disk_usage(sweep_out: Path) -> dict:
+    """What a sweep under ``sweep_out`` (``--out``: ``ray/<sweep>/``, ``mlflow.db``,
+    ``mlartifacts/``) left on disk: in all, and per FINISHED trial (its Ray trial directory, its
+    run directory and its MLflow artifacts) against its selected weights (``best.pt``)."""
+    from mlflow import MlflowClient
+
+    sweep_out = Path(sweep_out)
+    client = MlflowClient(f"sqlite:///{sweep_out / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, "tags.`iclf.role` = 'trial'")
+    per_trial, ratios = [], []
+    for run in runs:
+        tags = run.data.tags
+        run_dir = Path(tags.get("run_dir", ""))
+        trial_dirs = list((sweep_out / "ray").glob(f"*/trial_{tags.get('ray_trial_id')}"))
+        artifacts = Path(run.info.artifact_uri.replace("file://", ""))
+        best = run_dir / "checkpoint" / "best.pt"
+        total = _bytes([*trial_dirs, run_dir, artifacts])
+        weights = best.stat().st_size if best.is_file() else 0
+        per_trial.append({"config_key": tags.get("config_key"), "seed": tags.get("seed"),
+                          "status": run.info.status, "bytes": total, "best_pt_bytes": weights,
+                          "ratio": round(total / weights, 3) if weights else None})
+        if weights and run.info.status == "FINISHED":
+            ratios.append(total / weights)
+    all_bytes = _bytes([sweep_out])
+    return {"total_bytes": all_bytes, "total_mib": round(all_bytes / 2**20, 1),
+            "trials": len(runs), "max_ratio_finished": round(max(ratios), 3) if ratios else None,
+            "goal_max_ratio": 1.5, "per_trial": per_trial}
+
+
 def overhead_part(args, overrides: dict, out: Path) -> dict:
     spec = load(DEMO, overrides, out / "overhead", smoke=args.smoke or args.quick)
     slots = concurrency(spec, args.num_cpus)
@@ -126,6 +177,7 @@ def overhead_part(args, overrides: dict, out: Path) -> dict:
         },
         "timings_s": {k: round(v, 2) for k, v in t.items()},
         "goal_max_fraction": GOAL_OVERHEAD, "goal_met": fraction <= GOAL_OVERHEAD,
+        "disk": disk_usage(out / "overhead"),
     }
 
 
@@ -186,9 +238,14 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1,
                         help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--out", default=None, help="keep the sweeps here (default: a temp dir)")
+    parser.add_argument("--disk", default=None, metavar="DIR",
+                        help="only report the disk use of a sweep kept by --out DIR/overhead")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="spec or experiment overrides for every sweep")
     args = parser.parse_args()
+    if args.disk:
+        print(json.dumps(disk_usage(Path(args.disk)), indent=2))
+        return
     if args.epochs is None:
         args.epochs = 3 if args.quick else 8
 

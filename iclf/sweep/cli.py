@@ -39,6 +39,7 @@ trials train with the iclf engine and log to MLflow (one parent run per sweep, a
   iclf sweep ablations/loss_weights.yaml variant=tpe seeds=[0] training.epochs=30
   iclf sweep ablations/joint.yaml --address auto        on a running Ray cluster
   iclf sweep ablations/demo.yaml --resume               continue an interrupted sweep
+  iclf sweep ablations/lora_rank.yaml --dry-run         the plan: trials, resources, device-hours
 
 key=value pairs override the spec (num_samples, seeds, search.algorithm, scheduler.grace_period,
 variant, storage_path, tracking.uri, ...) or, for any other dotted key, the experiment
@@ -64,6 +65,15 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=_at_least_one, default=None,
                    help="CPUs of the local Ray instance (default: all); ignored with --address")
     p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and exit: the trials (configuration x seed, or the search "
+                        "space), resources per trial, how many run at once here and the projected "
+                        "device-hours (from the same configurations' earlier runs in the tracking "
+                        "store, or --measure); starts no Ray, writes nothing")
+    p.add_argument("--measure", action="store_true",
+                   help="project the device-hours from a few timed training steps of the base "
+                        "configuration (and a timed slice of its evaluation) for trials without "
+                        "earlier runs; with or without --dry-run")
     p.set_defaults(func=run_sweep)
     return p
 
@@ -85,6 +95,21 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    plan = None
+    if args.dry_run or args.measure:
+        from iclf.data.errors import DatasetError
+        from iclf.engine.checkpoint import CheckpointError
+        from iclf.models.weights import WeightsError
+        from iclf.sweep.plan import Machine, make_plan
+
+        try:
+            plan = make_plan(spec, machine=Machine.here(args.num_cpus), measure=args.measure)
+        except (ConfigError, DatasetError, WeightsError, CheckpointError, OSError) as exc:
+            print("error: --measure: " + " ".join(str(exc).split()), file=sys.stderr)
+            return 2
+        if args.dry_run:
+            print("\n".join(plan.describe()), flush=True)
+            return 0
     from iclf.sweep import tune as sweep_tune
     from iclf.tracking.errors import TrackingError
 
@@ -96,7 +121,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     resume_hint = f"continue with `iclf sweep {args.spec} --resume`"
     try:
         outcome = sweep_tune.run_sweep(spec, address=args.address, resume=args.resume,
-                                       num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
+                                       num_cpus=args.num_cpus, verbose=0 if args.quiet else 1,
+                                       plan=plan)
     except (sweep_tune.SweepError, ConfigError, TrackingError, LeaseHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ Layout (every key but ``name``, ``base`` and ``space`` optional)::
     seeds: [0, 1, 2]                          # every configuration runs once per seed
     metric: val/R1                            # a validation metric; the search never sees test
     mode: max
-    resources: {cpu: 1, gpu: auto}            # per trial; auto = 1 GPU when the cluster has GPUs
+    resources: {cpu: 1, gpu: auto}            # per trial; auto = 1 GPU when the cluster has GPUs;
+                                              # 0.5 / 0.25: two / four trials share one GPU
     max_concurrent_trials: null
     max_failures: 1                           # retries per trial (from its last checkpoint)
     storage_path: runs/ray                    # relative to the working directory
@@ -75,7 +76,10 @@ from iclf.names import PARAM_PREFIX, VAL_METRICS
 PARAM_KINDS = ("grid", "choice", "uniform", "loguniform", "int")
 OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le", "in", "not_in")
 # Experiment keys that hold paths: made absolute on the driver (Tune changes a trial's cwd).
-PATH_KEYS = ("output_dir", "data.root", "model.pretrained")
+PATH_KEYS = ("output_dir", "data.root", "model.pretrained", "data.image_cache")
+# Values of a path key that are settings, not paths (data.image_cache: off | auto | a directory;
+# YAML reads a bare off/on as false/true, which are never paths either).
+PATH_KEYWORDS = {"data.image_cache": ("off", "auto")}
 
 _MISSING = object()
 
@@ -223,7 +227,9 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """Per-trial resources; ``gpu: auto`` = 1 when the cluster has GPUs, else 0."""
+    """Per-trial resources; ``gpu: auto`` = 1 when the cluster has GPUs, else 0. A fraction (0.5,
+    0.25) packs several trials on one GPU (Ray places 1/gpu of them on each; they share its
+    memory); more than one GPU per trial is a whole number."""
 
     cpu: float = 1.0
     gpu: Literal["auto"] | float = "auto"
@@ -558,7 +564,7 @@ def _absolute_paths(data: dict[str, Any]) -> None:
     """Make the experiment's path keys absolute against the current directory."""
     for key in PATH_KEYS:
         value = get_dotted(data, key, None)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value and value not in PATH_KEYWORDS.get(key, ()):
             set_dotted(data, key, str(Path(value).expanduser().resolve()))
 
 
@@ -686,6 +692,9 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
         raise where.fail("resources.cpu", f"expected a number > 0, got {r.cpu!r}")
     if r.gpu != "auto" and r.gpu < 0:
         raise where.fail("resources.gpu", f"expected 'auto' or a number >= 0, got {r.gpu!r}")
+    if r.gpu != "auto" and r.gpu > 1 and r.gpu != int(r.gpu):
+        raise where.fail("resources.gpu", f"{r.gpu!r}: a trial takes a fraction of one GPU (0.5, "
+                                          f"0.25: trials share it) or whole GPUs (1, 2), not both")
     m = spec.max_concurrent_trials
     if m is not None and m < 1:
         raise where.fail("max_concurrent_trials", f"expected an integer >= 1 or null, got {m!r}")

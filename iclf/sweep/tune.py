@@ -22,6 +22,12 @@ The driver, :func:`run_sweep`, runs in phases:
 
 Trial outcomes are counted from Tune's public results (``ResultGrid``).
 
+Cost and disk: when the record is open the projected device-hours are printed and logged to the
+parent run (:func:`iclf.sweep.plan.announce`), and ``finalize`` logs the actual ones beside them.
+A trial whose run is closed FINISHED releases its resumable state (``CloseRuns``, then once more
+for every FINISHED trial in ``finalize``; :mod:`iclf.sweep.cleanup`): it keeps its selected
+weights, config and metrics.
+
 Tune's metric is ``objective``: the best value so far of the spec's validation metric (max or min as
 the spec's mode says), reported every epoch together with the engine's metrics; ASHA's time attribute
 is ``epoch`` (completed epochs). Test metrics are logged to MLflow only; they are never reported to
@@ -308,9 +314,27 @@ class CloseRuns(tune.Callback):
 
         last = trial.last_result or {}
         epochs = int(last.get(EPOCH, 0))
-        close_run(self.client, self._run_id(trial), "FINISHED",
+        run_id = self._run_id(trial)
+        close_run(self.client, run_id, "FINISHED",
                   {"stopped_early": str(epochs < self.max_epochs).lower(),
                    "epochs_done": epochs, "retries": trial.num_failures})
+        self._release(trial, run_id)
+
+    def _release(self, trial, run_id: str) -> None:
+        """The run is FINISHED: the trial's resumable state goes (:mod:`iclf.sweep.cleanup`); its
+        selected weights become one file with their MLflow artifact once that is logged (an
+        ASHA-stopped trial's are logged after fit, and shared by ``finalize``)."""
+        from iclf.sweep import cleanup
+
+        try:
+            run = self.client.get_run(run_id)
+            run_dir = run.data.tags.get(RUN_DIR_TAG)
+            trial_dir = Path(trial.path) if trial.path and Path(trial.path).is_dir() else None
+            cleanup.release_trial(trial_dir, run_dir, note=f"MLflow run {run_id}.")
+            cleanup.share_weights(run_dir, cleanup.local_artifact_dir(run.info.artifact_uri))
+        except OSError as exc:  # disk use is not a result: say it, go on
+            print(f"[iclf] trial {trial.trial_id}: its checkpoints stay on disk ({exc})",
+                  file=sys.stderr)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         from iclf.tracking.mlflow import close_run
@@ -357,13 +381,17 @@ class SweepOutcome:
 
 
 def prepare_shared_inputs(spec: AblationSpec) -> str:
-    """Build the synthetic dataset and the tiny pretrained backbone once, on the driver, before any
-    trial starts (trials would otherwise build them concurrently); returns the dataset fingerprint."""
+    """Build the synthetic dataset, the tiny pretrained backbone and the decoded-image cache of the
+    training images once, on the driver, before any trial starts (trials would otherwise build them
+    concurrently, or each decode every image); returns the dataset fingerprint."""
+    from iclf.data.cache import train_image_cache
     from iclf.engine.trainer import ensure_backbone_weights, prepare_data, resolve_paths
 
     cfg = resolve_paths(spec.trial_config({}, spec.seeds[0]))
     data = prepare_data(cfg)
     ensure_backbone_weights(cfg)
+    train_image_cache(data, tuple(cfg.model.image_size), cfg.data.image_cache, cfg.data.root,
+                      num_workers=os.cpu_count() or 1, progress=True)
     return str(getattr(data, "fingerprint", ""))
 
 
@@ -435,7 +463,11 @@ def _trainable(ctx: TrialContext, resources: Mapping[str, float]):
 
 def _trial_label(trial) -> str:
     """A trial's name in Ray's progress table and its directory name: ``trial_<id>``."""
-    return f"trial_{trial.trial_id}"
+    return _trial_dirname(trial.trial_id)
+
+
+def _trial_dirname(trial_id: str) -> str:
+    return f"trial_{trial_id}"
 
 
 class _Timings(dict):
@@ -452,13 +484,15 @@ class _Timings(dict):
 
 def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = False,
               num_cpus: int | None = None, epoch_hook: Callable[[int, str], None] | None = None,
-              verbose: int = 1) -> SweepOutcome:
+              verbose: int = 1, plan=None) -> SweepOutcome:
     """Run (or with ``resume``, continue) the sweep of ``spec``; see the module docstring.
 
     The driver holds the sweep's lease (:mod:`iclf.sweep.lease`) throughout. Ctrl-C or SIGTERM
     stops the trials, leaves the parent run RUNNING (tag ``iclf.state=interrupted``) with the
     unfinished child runs marked ``interrupted``, writes no report, and returns an outcome whose
-    ``interrupted`` is true; ``resume`` continues from there.
+    ``interrupted`` is true; ``resume`` continues from there. ``plan``: an
+    :class:`iclf.sweep.plan.SweepPlan` whose projection is logged (else one from the tracking
+    store's history).
     """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -476,6 +510,10 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
             client = tracking.connect(paths.tracking_uri)
             record = _resume_record(client, state) if resume else \
                 _open_record(client, spec, paths, fingerprint, address)
+        with timings("plan_s"):
+            from iclf.sweep.plan import announce
+
+            announce(spec, client, record.parent_run_id, resume=resume, plan=plan)
         ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
                            experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
                            sweep_dir=str(paths.sweep_dir), tags=_child_tags(client, spec, record),
@@ -675,12 +713,32 @@ def finalize(spec: AblationSpec, client, record, sweep_dir: Path,
     written and logged to the parent run, the parent run is FINISHED. Returns the report's files."""
     from iclf.tracking import mlflow as tracking
 
+    from iclf.sweep.plan import log_actual
+
     kill_unfinished_runs(client, record.experiment_id, record.parent_run_id)
+    log_actual(client, record.experiment_id, record.parent_run_id)
     report = write_analysis(spec, record.tracking_uri, record.parent_run_id, sweep_dir, client)
     tracking.close_sweep(client, record, "FINISHED", {
         STATE_TAG: "finished", "trials_finished": outcome.finished,
         "trials_failed": outcome.failed, "trials_planned": outcome.trials})
+    release_finished_trials(client, record, sweep_dir)
     return report
+
+
+def release_finished_trials(client, record, sweep_dir: Path) -> None:
+    """Every FINISHED trial of the sweep keeps only its selected weights, config and metrics
+    (:func:`iclf.sweep.cleanup.release_finished`): after fit and the test evaluation of stopped
+    trials, no process of theirs is left to write, and nothing can need their states."""
+    from iclf.names import TRIAL_TAG
+    from iclf.sweep import cleanup
+    from iclf.tracking.mlflow import child_runs
+
+    try:
+        runs = child_runs(client, record.experiment_id, record.parent_run_id)
+        cleanup.release_finished(runs, lambda trial_id: sweep_dir / _trial_dirname(trial_id),
+                                 TRIAL_TAG, RUN_DIR_TAG)
+    except OSError as exc:  # disk use is not a result: say it, go on
+        print(f"[iclf] finished trials' checkpoints stay on disk ({exc})", file=sys.stderr)
 
 
 def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int,

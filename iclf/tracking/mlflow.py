@@ -107,7 +107,9 @@ def package_versions() -> dict[str, str]:
 # ------------------------------------------------------------------------------------- runs
 
 
-def _string_params(params: Mapping[str, Any]) -> dict[str, str]:
+def string_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Param values as MLflow stores them: lists and mappings as JSON, the rest as ``str``,
+    cut at MAX_VALUE characters."""
     out = {}
     for k, v in params.items():
         s = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
@@ -232,7 +234,7 @@ class RunLogger:
         """Log params the run does not have yet; returns how many were new. A param whose value
         differs from the logged one raises (MLflow params are immutable)."""
         new = {}
-        for k, v in _string_params(params).items():
+        for k, v in string_params(params).items():
             if k in self.params:
                 if self.params[k] != v:
                     raise ValueError(f"MLflow run {self.run_id}: param {k} was {self.params[k]!r}, "

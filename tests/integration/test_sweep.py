@@ -103,6 +103,59 @@ def test_analysis_frames_and_report(swept):
         assert "report" in {a.path for a in client.list_artifacts(parent)}
 
 
+def test_finished_trials_keep_only_weights_config_and_metrics(swept):
+    """Disk bounded per trial: once FINISHED, a trial's Ray checkpoints are emptied (their
+    directories stay, with a note), its run directory keeps best.pt, configs.yaml and
+    metrics.jsonl, and best.pt is one file with its MLflow artifact: at most 1.5x its weights."""
+    import os
+
+    from iclf.sweep.cleanup import RELEASED, local_artifact_dir, trial_bytes
+
+    tmp, spec, code = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
+                              "tags.`iclf.role` = 'trial'")
+    assert len(runs) == 2
+    for run in runs:
+        run_dir = Path(run.data.tags["run_dir"])
+        trial_dir = tmp / "ray" / "smoke" / f"trial_{run.data.tags['ray_trial_id']}"
+        checkpoints = sorted(trial_dir.glob("checkpoint_*"))
+        assert checkpoints, sorted(p.name for p in trial_dir.iterdir())
+        for ckpt in checkpoints:
+            assert [p.name for p in ckpt.iterdir()] == [RELEASED]
+        assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["best.pt"]
+        assert (run_dir / "configs.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
+        artifacts = local_artifact_dir(run.info.artifact_uri)
+        best = run_dir / "checkpoint" / "best.pt"
+        assert os.path.samefile(best, artifacts / "checkpoint" / "best.pt")
+        total = trial_bytes([trial_dir, run_dir, artifacts])
+        assert total <= 1.5 * best.stat().st_size, (total, best.stat().st_size)
+
+
+def test_projection_and_actual_device_hours(swept):
+    """The parent run carries the projection made at the start (none: no history yet) and the
+    device-hours the trials took; projected again from this sweep's runs, the plan gives them."""
+    from iclf.sweep.plan import make_plan
+    from iclf.sweep.spec import load_spec
+
+    tmp, spec, code = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    parent = json.loads((tmp / "ray" / "smoke" / "sweep.json").read_text())["parent_run_id"]
+    run = client.get_run(parent)
+    assert run.data.tags["projection"].startswith("unknown (no earlier cpu run of these "
+                                                  "configurations")
+    kids = client.search_runs([run.info.experiment_id], "tags.`iclf.role` = 'trial'")
+    actual = sum(k.data.metrics["device_seconds"] for k in kids) / 3600
+    assert run.data.metrics["device_hours"] == pytest.approx(actual)
+    db = tmp / "mlflow.db"
+    before = (db.stat().st_mtime_ns, db.stat().st_size, sorted(p.name for p in tmp.iterdir()))
+    projection = make_plan(load_spec(spec)).projection()
+    assert projection.complete and projection.covered == 2
+    assert projection.device_hours == pytest.approx(actual)
+    assert (db.stat().st_mtime_ns, db.stat().st_size, sorted(p.name for p in tmp.iterdir())) \
+        == before  # the history is read from a snapshot: the store is untouched
+
+
 def test_existing_sweep_needs_resume(swept, capsys):
     tmp, spec, code = swept
     assert main([str(spec)]) == 2

@@ -14,7 +14,8 @@ CORE = ["iclf", "iclf.models", "iclf.tokenizer", "iclf.losses", "iclf.objective"
         "iclf.arguments", "iclf.files"]
 # The command line registers every subcommand at start-up; their modules defer the heavy imports.
 COMMANDS = ["iclf.cli", "iclf.sweep.cli", "iclf.sweep.spec", "iclf.sweep.results", "iclf.demo",
-            "iclf.sweep.storage", "iclf.sweep.lease", "iclf.tracking.uri"]
+            "iclf.sweep.storage", "iclf.sweep.lease", "iclf.tracking.uri", "iclf.sweep.plan",
+            "iclf.sweep.cleanup"]
 
 
 @pytest.mark.parametrize("modules", [CORE, COMMANDS], ids=["core", "commands"])

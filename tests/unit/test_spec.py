@@ -144,6 +144,19 @@ def test_paths_are_made_absolute(tmp_path, monkeypatch):
     assert spec.experiment["output_dir"] == str(tmp_path / "out")
 
 
+# YAML reads a bare off/on as false/true; quoted, they stay strings. Neither is a path.
+@pytest.mark.parametrize("value,raw,setting", [
+    ("cache", "ABS", "ABS"), ("'off'", "off", "off"), ("auto", "auto", "auto"),
+    ("off", False, "off"), ("on", True, "auto"), (None, None, "auto")])
+def test_image_cache_is_absolute_only_when_a_directory(tmp_path, monkeypatch, value, raw, setting):
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "cache")
+    spec = load_spec(write_spec(tmp_path, GOOD), [f"data.image_cache={value}"] if value else [])
+    assert spec.experiment.get("data", {}).get("image_cache") == (absolute if raw == "ABS" else raw)
+    cfg = spec.trial_config({"lora.rank": 0, "fusion.depth": 2}, 3)
+    assert cfg.data.image_cache == (absolute if setting == "ABS" else setting)
+
+
 def test_random_search_is_seeded(tmp_path):
     text = GOOD.replace("seeds: [3, 4]", "seeds: [3, 4]\nsearch: {algorithm: random, seed: 5}\n"
                                          "num_samples: 4") \
@@ -265,6 +278,8 @@ BAD = [
     ("seeds: [3, 4]", "seeds: [3]\nresources: {gpu: lots}",
      r"spec.yaml: resources.gpu: expected 'auto' or a number"),
     ("seeds: [3, 4]", "seeds: [3]\nresources: {tpu: 1}", r"spec.yaml: resources.tpu: unknown key"),
+    ("seeds: [3, 4]", "seeds: [3]\nresources: {gpu: 1.5}",
+     r"spec.yaml: resources.gpu: 1.5: a trial takes a fraction of one GPU \(0.5, 0.25"),
     ("seeds: [3, 4]", "seeds: [3]\nmax_concurrent_trials: 0", r"max_concurrent_trials: expected an "
                                                               r"integer >= 1"),
     ("baseline: {lora.rank: 0, fusion.depth: 2}", "baseline: {lora.rank: 4}",

@@ -1,0 +1,82 @@
+"""What the sweep driver prepares before any trial starts, and the resources each trial asks Ray
+for: real files, a real local Ray instance (with declared GPUs on a machine that has none)."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from iclf.sweep.spec import load_spec  # noqa: E402
+from tiny_sweep import write_tiny_spec  # noqa: E402
+
+
+def test_driver_builds_the_image_cache_before_trials(tmp_path):
+    from iclf.data.cache import cache_file
+    from iclf.sweep.tune import prepare_shared_inputs
+
+    spec = load_spec(write_tiny_spec(tmp_path, "prep", "lora.rank: {grid: [0, 4]}"))
+    fingerprint = prepare_shared_inputs(spec)
+    assert fingerprint
+    cache = cache_file(tmp_path / "data" / ".iclf-cache", "CUHK-PEDES", "train", (64, 32))
+    assert cache.is_file() and cache.stat().st_size > 3 * 64 * 32
+    (tmp_path / "off").mkdir()
+    off = load_spec(write_tiny_spec(tmp_path / "off", "prep", "lora.rank: {grid: [0, 4]}"),
+                    ["data.image_cache=off"])
+    prepare_shared_inputs(off)
+    assert (tmp_path / "off" / "data" / "CUHK-PEDES").is_dir()
+    assert not (tmp_path / "off" / "data" / ".iclf-cache").exists()
+
+
+def _spec_with(tmp_path: Path, resources: str):
+    return load_spec(write_tiny_spec(tmp_path, "pack", "lora.rank: {grid: [0, 4]}"),
+                     [f"resources={resources}"])
+
+
+def test_a_gpu_trial_needs_a_gpu_in_the_cluster(tmp_path):
+    import ray
+
+    from iclf.sweep.tune import SweepError, _trial_resources
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with pytest.raises(SweepError, match=r"resources.gpu: 0.5 GPU per trial, but the Ray "
+                                             r"cluster has no GPU"):
+            _trial_resources(_spec_with(tmp_path, "{cpu: 1, gpu: 0.5}"))
+        assert _trial_resources(_spec_with(tmp_path, "{cpu: 1, gpu: auto}"))["gpu"] == 0
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_with_one_gpu():
+    """A local Ray instance that declares one GPU (none needs to exist: Ray only counts it)."""
+    import ray
+
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("gpu,fits", [(0.5, 2), (0.25, 4), (1, 1)])
+def test_gpu_fraction_reaches_the_trial_resources(tmp_path, ray_with_one_gpu, gpu, fits):
+    """resources.gpu 0.5 / 0.25: each trial asks Ray for that fraction, and Ray places 2 / 4 trials
+    on the one GPU at once (the next waits); gpu 1 places one."""
+    from iclf.sweep.tune import TrialContext, _trainable, _trial_resources
+
+    spec = _spec_with(tmp_path, f"{{cpu: 0.5, gpu: {gpu}}}")
+    resources = _trial_resources(spec)
+    assert resources == {"cpu": 0.5, "gpu": float(gpu)}
+    ctx = TrialContext(spec=spec, tracking_uri="sqlite:///unused.db", experiment_id="0",
+                       parent_run_id="0", sweep_dir=str(tmp_path))
+    request = _trainable(ctx, resources)._resources  # what tune.with_resources gives the Tuner
+    assert request.required_resources == {"CPU": 0.5, "GPU": float(gpu)}
+    groups = [request() for _ in range(fits + 1)]  # a placement group per trial, as Tune makes
+    try:
+        assert [g.wait(timeout_seconds=10) for g in groups[:fits]] == [True] * fits
+        assert not groups[fits].wait(timeout_seconds=2)  # the GPU is full: the next trial waits
+    finally:
+        from ray.util import remove_placement_group
+
+        for g in groups:
+            remove_placement_group(g)
