@@ -34,8 +34,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
     synth = sub.add_parser("synth", help="write a synthetic dataset in a PEDES format",
                            description="Write a synthetic person dataset in the on-disk format of "
-                                       "DATASET under ROOT/DATASET/ (10%% val and 10%% test "
-                                       "identities for CUHK-PEDES and RSTPReid, 20%% test for "
+                                       "DATASET under ROOT/DATASET/ (10% val and 10% test "
+                                       "identities for CUHK-PEDES and RSTPReid, 20% test for "
                                        "ICFG-PEDES).")
     synth.add_argument("--root", required=True, help="directory that will contain <DATASET>/")
     synth.add_argument("--dataset", required=True, choices=DATASETS)
