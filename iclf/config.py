@@ -391,6 +391,17 @@ def validate(cfg: ExperimentConfig) -> None:
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def exponent_number(value: Any) -> Any:
+    """``value`` as written in YAML, except a number in exponent form that PyYAML (YAML 1.1) reads as
+    a string, such as ``1e-6`` or ``5.0E3`` (no dot or no exponent sign): the float it spells.
+
+    For comparisons with values whose type is not declared (spec conditions, baselines); a declared
+    ``float`` field accepts any numeric string through :func:`coerce`."""
+    if isinstance(value, str) and "e" in value.lower() and _FLOAT_RE.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
