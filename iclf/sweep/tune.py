@@ -513,7 +513,8 @@ def _open_record(client, spec: AblationSpec, paths: SweepPaths, fingerprint: str
     resolved.write_text(json.dumps(spec.resolved, indent=1, default=str))
     record = tracking.open_sweep(client, experiment=spec.tracking.experiment or spec.sweep_name,
                                  sweep=spec.sweep_name, tags=tags,
-                                 artifacts=[spec.path, resolved])
+                                 artifacts=[spec.path, resolved], params=spec.param_keys,
+                                 metric=spec.metric, mode=spec.mode)
     write_state(paths.sweep_dir, {
         "sweep": spec.sweep_name, "spec_file": str(spec.path.resolve()), "spec_hash": spec.hash,
         "tracking_uri": record.tracking_uri, "experiment_id": record.experiment_id,
