@@ -149,13 +149,15 @@ class TuneReporter(MlflowReporter):
     """
 
     def __init__(self, logger, *, metric: str, mode: str, trial_id: str,
-                 epoch_hook: Callable[[int, str], None] | None = None):
+                 epoch_hook: Callable[[int, str], None] | None = None, system_metrics=None):
         super().__init__(logger)
         self.metric = metric
         self.mode = mode
         self.trial_id = trial_id
         self.epoch_hook = epoch_hook
+        self.system_metrics = system_metrics  # stopped before the last report (see on_epoch)
         self.best: float | None = None
+        self.finished = False
 
     def on_start(self, info: dict[str, Any]) -> None:
         super().on_start(info)
@@ -163,8 +165,14 @@ class TuneReporter(MlflowReporter):
         self.best = best_so_far((value for step, value in self.logger.history(self.metric).items()
                                  if step <= resumed), self.mode)
 
+    def on_result(self, result) -> None:
+        super().on_result(result)
+        self.finished = True  # the next on_epoch is the trial's last report
+
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         super().on_epoch(epoch, metrics, checkpoint_dir)
+        if self.finished and self.system_metrics is not None:
+            self.system_metrics.stop()  # Tune may end the process right after the last report
         report = without_test(metrics)
         value = report.get(self.metric)
         if value is not None and math.isfinite(value) and better(value, self.best, self.mode):
@@ -193,6 +201,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from iclf.engine import train
     from iclf.tracking.mlflow import RunLogger, connect, find_trial_run, open_trial_run
+    from iclf.tracking.system import SystemMetrics
 
     spec = ctx.spec
     tctx = tune.get_context()
@@ -219,15 +228,21 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     logger = RunLogger(client, run_id)
     logger.set_tags({"node_id": ray.get_runtime_context().get_node_id()})
     logger.log_params(flat_params(params))
+    # CPU/GPU utilisation and memory as system/... metrics of the run (iclf.tracking.system)
+    system = SystemMetrics.start(run_id, ctx.tracking_uri)
     reporter = TuneReporter(logger, metric=spec.metric, mode=spec.mode, trial_id=trial_id,
-                            epoch_hook=ctx.epoch_hook)
+                            epoch_hook=ctx.epoch_hook, system_metrics=system)
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        train(cfg, reporter=reporter, run_dir=cfg.run_dir, progress=False, console=False)
-        return
-    with checkpoint.as_directory() as resume_from:
-        train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir, progress=False,
-              console=False)
+    try:
+        if checkpoint is None:
+            train(cfg, reporter=reporter, run_dir=cfg.run_dir, progress=False, console=False)
+            return
+        with checkpoint.as_directory() as resume_from:
+            train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir,
+                  progress=False, console=False)
+    finally:
+        if system is not None:
+            system.stop()
 
 
 # ----------------------------------------------------------------------------------- driver side

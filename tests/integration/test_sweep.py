@@ -4,6 +4,7 @@ trial carrying per-epoch validation metrics, final test metrics, params and arti
 command's errors (bad spec, existing sweep, nothing to resume), which need no Ray."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
 from iclf.sweep.cli import main  # noqa: E402
+from iclf.tracking.system import ENV as SYSTEM_ENV  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +30,17 @@ def write_smoke(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
+    # System metrics every second (default: every minute); Ray's workers inherit the environment
+    # the local instance starts with.
+    before = os.environ.get(SYSTEM_ENV)
+    os.environ[SYSTEM_ENV] = "1"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop(SYSTEM_ENV, None)
+    else:
+        os.environ[SYSTEM_ENV] = before
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +94,26 @@ def test_smoke_sweep_logs_parent_and_children(swept):
     # LoRA trains fewer parameters than full fine-tuning (rank 0).
     by_key = {r.data.tags["config_key"]: r.data.metrics["trainable_params"] for r in children}
     assert by_key["lora.rank=4"] < by_key["lora.rank=0"]
+
+
+def test_trials_log_system_metrics_while_they_run(swept):
+    """MLflow's system metrics on every trial run (CPU and memory here; GPU where one is visible),
+    at the interval of ICLF_SYSTEM_METRICS_S, each step once, none after the run was closed."""
+    tmp, spec, code = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    children = client.search_runs([exp.experiment_id], "tags.`iclf.role` = 'trial'")
+    assert len(children) == 2
+    for run in children:
+        for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+                    "system/system_memory_usage_percentage"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert history, key
+            steps = [m.step for m in history]
+            assert len(set(steps)) == len(steps), (key, steps)
+            assert all(m.timestamp <= run.info.end_time for m in history), key
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert all(0.0 <= m.value <= 100.0 for m in cpu)
 
 
 def test_analysis_frames_and_report(swept):
