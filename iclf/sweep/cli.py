@@ -79,7 +79,11 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="apply the spec's smoke: block (CI)")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of the local Ray instance (default: all); ignored with --address")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's own progress output (TensorBoard hint, a line per checkpoint) "
+                        "instead of iclf's table of trials (swept parameters, epoch, the metric, "
+                        "its best so far, val/mAP, samples/s)")
     p.set_defaults(func=run_sweep)
     return p
 
@@ -102,7 +106,8 @@ def run_sweep(args: argparse.Namespace) -> int:
           f"{list(spec.seeds)}), metric {spec.metric} ({spec.mode})", flush=True)
     try:
         outcome = sweep_tune.run_sweep(spec, address=args.address, resume=args.resume,
-                                       num_cpus=args.num_cpus, verbose=0 if args.quiet else 1)
+                                       num_cpus=args.num_cpus,
+                                       verbose=0 if args.quiet else 2 if args.verbose else 1)
     except (sweep_tune.SweepError, ConfigError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

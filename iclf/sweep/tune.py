@@ -74,6 +74,9 @@ class TrialContext:
     # Called as ``epoch_hook(epoch, trial_id)`` after an epoch is logged to MLflow and before it is
     # reported to Tune (fault-injection tests; custom instrumentation). Must be picklable.
     epoch_hook: Callable[[int, str], None] | None = None
+    # The sweep's verbosity (build_tuner sets it): below 2, Ray's per-checkpoint INFO lines in the
+    # trial's log are dropped (iclf.sweep.progress.quiet_trial_logs).
+    verbose: int = 1
 
 
 # ---------------------------------------------------------------------- the space as Tune sees it
@@ -204,6 +207,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from iclf.tracking.system import SystemMetrics
 
     spec = ctx.spec
+    if ctx.verbose < 2:
+        from iclf.sweep.progress import quiet_trial_logs
+
+        quiet_trial_logs()
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
     params = trial_params(spec, config)
@@ -555,11 +562,22 @@ def _child_tags(client, spec: AblationSpec, record) -> dict[str, str]:
 
 def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, float],
                 paths: SweepPaths, *, resume: bool = False, verbose: int = 1) -> tune.Tuner:
-    """The Tune experiment of ``spec`` (restored from its directory with ``resume``)."""
+    """The Tune experiment of ``spec`` (restored from its directory with ``resume``).
+
+    ``verbose``: 0 prints nothing, 1 iclf's trial table (:mod:`iclf.sweep.progress`), 2 Ray's own
+    output (TensorBoard hint, checkpoint messages)."""
+    from iclf.sweep.progress import TrialTable, use_trial_table
+
+    ctx = dataclasses.replace(ctx, verbose=verbose)
     trainable = _trainable(ctx, resources)
+    use_trial_table(verbose == 1)
     if resume:
+        # Tune reapplies the stored RunConfig; the table is iclf's console, not experiment state
         return tune.Tuner.restore(str(paths.sweep_dir), trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
+    table = TrialTable(spec.param_keys, spec.metric, spec.mode, spec.max_epochs,
+                       params_of=lambda config: trial_params(spec, config),
+                       seed_of=lambda config: trial_seed(spec, config)) if verbose == 1 else None
     space, search, scheduler, num_samples = _tuner_parts(spec)
     return tune.Tuner(
         trainable, param_space=space,
@@ -578,7 +596,7 @@ def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, f
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[CloseRuns(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
                                  spec.max_epochs)],
-            verbose=verbose))
+            progress_reporter=table, verbose=min(verbose, 2)))
 
 
 def finalize(spec: AblationSpec, client, record, sweep_dir: Path,

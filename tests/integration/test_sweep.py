@@ -3,8 +3,11 @@ two trials of the tiny model, and MLflow then holds one FINISHED parent run with
 trial carrying per-epoch validation metrics, final test metrics, params and artifacts. Plus the
 command's errors (bad spec, existing sweep, nothing to resume), which need no Ray."""
 
+import contextlib
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -43,12 +46,36 @@ def ray_local():
         os.environ[SYSTEM_ENV] = before
 
 
+CONSOLE: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("sweep")
     spec = write_smoke(tmp)
-    code = main([str(spec), "--quiet"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the progress table (no --quiet)
+        code = main([str(spec)])
+    CONSOLE["stdout"] = out.getvalue()
     return tmp, spec, code
+
+
+def test_progress_table_shows_the_metrics_that_matter(swept):
+    """iclf's table of trials, not Ray's: swept parameter, seed, epoch, val/R1 and its best so far,
+    val/mAP, samples/s; no TensorBoard hint, no inferred train/* columns."""
+    out = CONSOLE["stdout"]
+    tables = [line for line in out.splitlines() if re.match(r"\[iclf\] \d+:\d\d:\d\d  ", line)]
+    assert tables and "2 done of 2 (final)" in tables[-1], out[-3000:]
+    at = out.splitlines().index(tables[-1])
+    header, *rows = out.splitlines()[at + 1:at + 4]
+    assert header.split() == ["trial", "status", "lora.rank", "seed", "epoch", "val/R1", "best",
+                              "val/R1", "val/mAP", "samples/s"]
+    assert sorted(r.split()[2] for r in rows) == ["0", "4"]
+    for row in rows:
+        cells = row.split()
+        assert cells[1] == "done" and cells[3] == "3" and cells[4] == f"{EPOCHS}/{EPOCHS}"
+        assert all(float(c) >= 0 for c in cells[5:])
+    assert "tensorboard" not in out.lower() and "train/itc" not in out
 
 
 def test_smoke_sweep_logs_parent_and_children(swept):
