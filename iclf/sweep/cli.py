@@ -151,6 +151,7 @@ def _print_best(outcome, metric: str, mode: str) -> None:
 def cmd_summary(args: argparse.Namespace) -> int:
     from iclf.analysis import write_report
     from iclf.sweep.results import resolve_sweep, sweep_frames
+    from iclf.tracking.reporter import load_retrieval
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
     trials, curves = sweep_frames(ref)
@@ -164,13 +165,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
     try:
         baseline = ref.baseline()
+
+        def retrieval(run_id: str):
+            return load_retrieval(ref.client, run_id)
+
         try:
-            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric, mode=ref.mode)
+            write_report(trials, curves, tmp, baseline=baseline, metric=ref.metric, mode=ref.mode,
+                         retrieval=retrieval)
         except ValueError:
             if baseline is None:
                 raise
             baseline = None
-            write_report(trials, curves, tmp, baseline=None, metric=ref.metric, mode=ref.mode)
+            write_report(trials, curves, tmp, baseline=None, metric=ref.metric, mode=ref.mode,
+                         retrieval=retrieval)
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)

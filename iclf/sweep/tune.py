@@ -50,7 +50,7 @@ from iclf.names import (
     SWEEP_TAG, best_so_far, better, without_test, worst)
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
-from iclf.tracking.reporter import MlflowReporter, log_weights
+from iclf.tracking.reporter import MlflowReporter, log_retrieval, log_weights
 
 
 
@@ -624,6 +624,7 @@ def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int,
     logger = RunLogger(connect(tracking_uri), run_id)
     logger.log_once({f"test/{k}": v for k, v in test.items()}, step=step)
     log_weights(logger, Path(run_dir))
+    log_retrieval(logger, Path(run_dir))
     return test
 
 
@@ -667,13 +668,15 @@ def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: 
     returns the paths."""
     from iclf.analysis import write_report
     from iclf.tracking.mlflow import load_sweep_frames
+    from iclf.tracking.reporter import load_retrieval
 
     trials, curves = load_sweep_frames(uri, parent_run_id)
     out = sweep_dir / "report"
     if out.exists():
         shutil.rmtree(out)
     written = write_report(trials, curves, out, baseline=dict(spec.baseline) or None,
-                           metric=spec.metric, mode=spec.mode)
+                           metric=spec.metric, mode=spec.mode,
+                           retrieval=lambda run_id: load_retrieval(client, run_id))
     paths = [str(p) for p in written.values()]
     if out.is_dir():
         client.log_artifacts(parent_run_id, str(out), "report")

@@ -143,6 +143,32 @@ def test_trials_log_system_metrics_while_they_run(swept):
         assert all(0.0 <= m.value <= 100.0 for m in cpu)
 
 
+def test_trials_log_retrieval_grids_and_the_report_compares_them(swept):
+    """Each trial's selected checkpoint: its retrieval grid (PNG) and data under retrieval/; the
+    report draws the baseline's and the best configuration's side by side."""
+    from PIL import Image
+
+    tmp, spec, code = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    for run in client.search_runs([exp.experiment_id], "tags.`iclf.role` = 'trial'"):
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "retrieval")}
+        assert names == {"retrieval/best_retrieval.json", "retrieval/best_retrieval.png"}
+        local = client.download_artifacts(run.info.run_id, "retrieval", str(tmp / run.info.run_id))
+        record = json.loads(Path(local, "best_retrieval.json").read_text())
+        assert record["split"] == "val" and 1 <= record["k"] <= 10  # 10, or the whole gallery
+        assert record["epoch"] == int(run.data.metrics["best_epoch"])
+        pids = [q["pid"] for q in record["queries"]]
+        assert 1 <= len(pids) <= 8 and len(set(pids)) == len(pids)  # one query per identity
+        assert all(len(q["gallery"]) == record["k"] for q in record["queries"])
+        with Image.open(Path(local, "best_retrieval.png")) as picture:
+            assert picture.size[0] > 300 + record["k"] * 56 and picture.size[1] > len(pids) * 100
+    report = json.loads((tmp / "ray" / "smoke" / "report" / "report.json").read_text())
+    # the baseline (lora.rank=0) and the best, one picture when the baseline is the best
+    assert set(report["retrieval"]["runs"]) == {"lora.rank=0", report["best_key"]}
+    assert (tmp / "ray" / "smoke" / "report" / "retrieval.png").is_file()
+
+
 def test_analysis_frames_and_report(swept):
     tmp, spec, code = swept
     from iclf.tracking.mlflow import load_sweep_frames
