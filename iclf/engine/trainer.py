@@ -120,7 +120,8 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True):
         from iclf.engine.prepare import ensure_synthetic
 
         s = cfg.data.synthetic
-        ensure_synthetic(root, cfg.data.dataset, ids=s.ids, images_per_id=s.images_per_id, seed=s.seed)
+        ensure_synthetic(root, cfg.data.dataset, ids=s.ids, images_per_id=s.images_per_id,
+                         seed=s.seed, eval_ids=s.eval_ids)
     return load_pedes(cfg.data.dataset, root, val_fraction=cfg.data.val_fraction,
                       split_seed=cfg.data.split_seed, verify_images=cfg.data.verify_images)
 
