@@ -68,11 +68,12 @@ def quiet_trial_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, digits: int | None = 2) -> str:
+    """A table cell: metrics with ``digits`` decimals, anything else (parameters) as written."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        text = f"{value:.2f}"
+    if isinstance(value, float) and digits is not None:
+        text = f"{value:.{digits}f}"
     else:
         text = str(value)
     return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "~"
@@ -158,7 +159,7 @@ class TrialTable(ProgressReporter):
         result = trial.last_result or {}
         epochs = _number(result, EPOCH)
         row = [str(trial.trial_id), self._status(trial)]
-        row += [_cell(params.get(p, "-")) for p in self.params]
+        row += [_cell(params.get(p, "-"), None) for p in self.params]
         try:
             row.append(_cell(self.seed_of(config)))
         except (KeyError, ValueError, TypeError, IndexError):
@@ -202,7 +203,8 @@ class TrialTable(ProgressReporter):
         if best is not None:
             trial, value = best
             params = self.params_of(trial.config or {})
-            described = " ".join(f"{k}={_cell(params[k])}" for k in self.params if k in params)
+            described = " ".join(f"{k}={_cell(params[k], None)}" for k in self.params
+                                 if k in params)
             try:
                 described += f" seed={self.seed_of(trial.config or {})}"
             except (KeyError, ValueError, TypeError, IndexError):

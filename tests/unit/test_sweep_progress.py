@@ -93,7 +93,8 @@ def test_prints_when_something_changed_at_most_every_period(capsys):
 
 def test_many_trials_show_running_failed_then_best():
     table = _table()
-    trials = [_trial(i, "TERMINATED", {"lora.rank": i}, 0, _result(3, float(i), float(i)))
+    trials = [_trial(i, "TERMINATED", {"lora.rank": i, "losses.weights": 0.5}, 0,
+                     _result(3, float(i), float(i)))
               for i in range(MAX_ROWS + 10)]
     trials[3].status = "RUNNING"
     lines = table.render(trials).splitlines()
@@ -101,6 +102,7 @@ def test_many_trials_show_running_failed_then_best():
     assert len(shown) == MAX_ROWS and shown[0] == "abc_00003"
     assert shown[1] == f"abc_{MAX_ROWS + 9:05d}"  # then the best finished ones
     assert lines[-1] == "... and 10 more trials (iclf ui shows them all)"
+    assert lines[2].split()[3] == "0.5"  # a parameter as written, not as a metric
 
 
 def test_trial_table_switches_tune_to_its_reporter_engine_and_back(monkeypatch):
