@@ -202,6 +202,7 @@ class SyntheticConfig:
     ids: int = 200
     images_per_id: int = 4
     seed: int = 0
+    eval_ids: int | None = None  # val and test identities each (null: 10% each)
 
 
 @dataclass
@@ -355,6 +356,9 @@ def validate(cfg: ExperimentConfig) -> None:
     if d.synthetic is not None:
         _check(d.synthetic.ids >= 10, "data.synthetic.ids", "must be >= 10")
         _check(d.synthetic.images_per_id >= 2, "data.synthetic.images_per_id", "must be >= 2")
+        e = d.synthetic.eval_ids
+        _check(e is None or (e >= 1 and 2 * e < d.synthetic.ids), "data.synthetic.eval_ids",
+               "must be >= 1 and leave training identities (2 x eval_ids < ids), or null")
     o = cfg.optim
     _check(o.lr > 0, "optim.lr", "must be > 0")
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -389,6 +393,17 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def exponent_number(value: Any) -> Any:
+    """``value`` as written in YAML, except a number in exponent form that PyYAML (YAML 1.1) reads as
+    a string, such as ``1e-6`` or ``5.0E3`` (no dot or no exponent sign): the float it spells.
+
+    For comparisons with values whose type is not declared (spec conditions, baselines); a declared
+    ``float`` field accepts any numeric string through :func:`coerce`."""
+    if isinstance(value, str) and "e" in value.lower() and _FLOAT_RE.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def _type_name(tp: Any) -> str:

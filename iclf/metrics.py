@@ -29,6 +29,9 @@ Conventions (choices documented here):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -184,6 +187,15 @@ def retrieval_metrics(
     return acc.result()
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """The top ``k`` gallery items of some queries, best first, from one evaluation pass."""
+
+    queries: tuple[int, ...]     # query (caption) indices, in the order asked
+    indices: torch.Tensor        # [len(queries), k] gallery indices
+    scores: torch.Tensor         # [len(queries), k] their similarities
+
+
 @torch.no_grad()
 def evaluate_features(
     text_feats: torch.Tensor,
@@ -197,6 +209,22 @@ def evaluate_features(
     Both feature sets are L2-normalised; the cosine similarity is computed one chunk of queries
     at a time, so the full [Q, G] matrix is never held in memory.
     """
+    return rank_and_evaluate(text_feats, image_feats, text_pids, image_pids, (),
+                             chunk_size=chunk_size)[0]
+
+
+@torch.no_grad()
+def rank_and_evaluate(
+    text_feats: torch.Tensor,
+    image_feats: torch.Tensor,
+    text_pids: torch.Tensor,
+    image_pids: torch.Tensor,
+    queries: Sequence[int],
+    k: int = 10,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[dict[str, float], Ranking]:
+    """:func:`evaluate_features` that also keeps the top ``k`` gallery items of the chosen
+    ``queries`` (caption indices), taken from the same similarity chunks: no second pass."""
     if (text_feats.dim() != 2 or image_feats.dim() != 2
             or text_feats.shape[1] != image_feats.shape[1]):
         raise ValueError(
@@ -205,15 +233,33 @@ def evaluate_features(
         )
     _check_pids((text_feats.shape[0], image_feats.shape[0]), text_pids, image_pids)
     _check_chunk_size(chunk_size)
+    queries = tuple(int(q) for q in queries)
+    bad = [q for q in queries if not 0 <= q < text_feats.shape[0]]
+    if bad:
+        raise ValueError(f"query indices {bad} are outside 0..{text_feats.shape[0] - 1}")
+    k = min(int(k), image_feats.shape[0])
     device = image_feats.device
     text_pids = text_pids.to(device, torch.long)
     acc = _Accumulator(image_pids.to(device, torch.long))
     acc.gallery.locate(text_pids)
+    top_indices: dict[int, torch.Tensor] = {}
+    top_scores: dict[int, torch.Tensor] = {}
+    wanted = torch.tensor(sorted(set(queries)), dtype=torch.long)
     for start in range(0, text_feats.shape[0], chunk_size):
         stop = start + chunk_size
         sim = cosine_similarity(text_feats[start:stop].to(device), image_feats)
         acc.add(sim, text_pids[start:stop], start)
-    return acc.result()
+        rows = wanted[(wanted >= start) & (wanted < stop)]
+        if rows.numel():
+            scores, indices = sim[rows - start].float().topk(k, dim=1)
+            for q, s, i in zip(rows.tolist(), scores.cpu(), indices.cpu()):
+                top_scores[q], top_indices[q] = s, i
+    if queries:
+        ranking = Ranking(queries, torch.stack([top_indices[q] for q in queries]),
+                          torch.stack([top_scores[q] for q in queries]))
+    else:
+        ranking = Ranking((), torch.empty(0, k, dtype=torch.long), torch.empty(0, k))
+    return acc.result(), ranking
 
 
 def cosine_similarity(queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:

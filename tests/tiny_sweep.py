@@ -64,6 +64,16 @@ def run_rank_sweep(tmp: Path, name: str, extra: str = "") -> Path:
 def start_ui(spec: Path, cwd: Path):
     """`iclf ui SPEC` on a free port; returns ``(process, base URL, experiment id)`` once the URL of
     the sweep's run table is printed (the server is ready then). Terminate the process when done."""
+    proc, table, _ = start_ui_view(spec, cwd)
+    import re
+
+    match = re.match(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs", table)
+    return proc, match.group(1), match.group(2)
+
+
+def start_ui_view(spec: Path, cwd: Path):
+    """`iclf ui SPEC` on a free port; returns ``(process, table URL, charts URL)``: the two URLs it
+    prints first, the sweep's comparison view as a table and as charts."""
     import re
     import socket
     import subprocess
@@ -74,12 +84,13 @@ def start_ui(spec: Path, cwd: Path):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "iclf", "ui", str(spec), "--port", str(port),
                              "--quiet"], stdout=subprocess.PIPE, text=True, cwd=cwd)
-    line = proc.stdout.readline()
-    match = re.search(r"(http://127\.0\.0\.1:\d+)/#/experiments/(\d+)/runs", line)
-    if match is None:
+    lines = [proc.stdout.readline(), proc.stdout.readline()]
+    urls = [re.search(r"http://127\.0\.0\.1:\d+/#/experiments/\d+/runs\S*", line)
+            for line in lines]
+    if not all(urls):
         proc.terminate()
-        raise AssertionError(f"iclf ui printed {line!r}")
-    return proc, match.group(1), match.group(2)
+        raise AssertionError(f"iclf ui printed {lines!r}")
+    return proc, urls[0].group(0), urls[1].group(0)
 
 
 def sweep_runs(tmp: Path, name: str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pandas as pd
 
 from iclf.analysis import plots
 from iclf.analysis.importance import param_importances
+from iclf.analysis.retrieval import write_retrieval_comparison
 from iclf.analysis.summary import PARAM_PREFIX, best, finished_trials, summarize_sweep
 from iclf.analysis.tables import write_tables
 
@@ -30,6 +31,7 @@ def write_report(
     evaluator: str = "ped_anova",
     seed: int | None = 0,
     mode: str = "max",
+    retrieval: Callable[[str], Mapping[str, Any] | None] | None = None,
 ) -> dict[str, Path]:
     """Write the sweep report under ``out_dir`` and return ``{artifact: path}``.
 
@@ -40,7 +42,10 @@ def write_report(
     ``metric`` is the primary validation metric that ranks configurations, is compared with the
     baseline and scores importance; ``mode`` (the spec's) says whether its best is the max or the min;
     ``params`` restricts importance and figures to some of the
-    ablated parameters (dotted names, default all ``param.*`` columns).
+    ablated parameters (dotted names, default all ``param.*`` columns). ``retrieval(run_id)``
+    returns a trial's retrieval record (:mod:`iclf.engine.retrieval`) or None: with it,
+    ``retrieval_png`` shows the same validation queries for the baseline and the best configuration
+    side by side (:mod:`iclf.analysis.retrieval`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,12 +77,23 @@ def write_report(
     else:
         skipped["curves_png"] = f"no per-epoch {metric} points of FINISHED runs"
 
+    best_key = best(summary, summary.mode)
+    pictured: dict[str, Any] = {}
+    if retrieval is not None:
+        picture, pictured = write_retrieval_comparison(
+            trials, summary.baseline_key, best_key, retrieval, out / "retrieval.png")
+        if picture is not None:
+            paths["retrieval_png"] = picture
+        else:
+            skipped["retrieval_png"] = pictured.get("skipped", "")
+
     facts = {
         "primary": metric,
         "metrics": list(summary.metrics),
         "params": [p[len(PARAM_PREFIX) :] for p in summary.params],
         "baseline_key": summary.baseline_key,
-        "best_key": best(summary, summary.mode),
+        "best_key": best_key,
+        "retrieval": pictured,
         "mode": summary.mode,
         "total_device_hours": summary.total_device_hours,
         "n_trials": summary.n_trials,

@@ -360,6 +360,7 @@ def format_console(
             f"Δ vs baseline {view.baseline}; p: two-sided t-test over seeds "
             f"(paired on equal seeds, else Welch); * p < {view.alpha:g}"
         )
+        out += significance_lines(view)
     if isinstance(summary, SweepSummary):
         winner = best(summary, summary.mode)
         if winner is not None:
@@ -370,6 +371,30 @@ def format_console(
             f"({summary.n_finished} finished)"
         )
     return "\n".join(out) + "\n"
+
+
+def significance_lines(view: "_View") -> list[str]:
+    """In words, which configurations differ from the baseline on the primary metric (p < alpha)
+    and which do not, one per line with Δ and p: what the table's stars say."""
+    groups: dict[str, list[tuple[str, str]]] = {"sig": [], "not": [], "untested": []}
+    for i in view.table.index:
+        d = view.delta(i)
+        if d is None:
+            continue
+        key = str(view.table.loc[i, "config_key"])
+        kind = "untested" if d[1] is None else "sig" if d[2] else "not"
+        groups[kind].append((key, "" if d[1] is None else f"Δ {d[0]}  p {d[1]}"))
+    titles = {"sig": f"significant (p < {view.alpha:g}) vs the baseline on {view.primary}:",
+              "not": f"not significant (p >= {view.alpha:g}): not told apart from seed-to-seed "
+                   f"variation with these seeds:",
+              "untested": "not tested (one seed, or seeds that cannot be compared):"}
+    width = max((len(k) for rows in groups.values() for k, _ in rows), default=0)
+    lines = []
+    for kind, rows in groups.items():
+        if rows:
+            lines.append(titles[kind])
+            lines += [f"  {key.ljust(width)}  {what}".rstrip() for key, what in rows]
+    return lines
 
 
 def write_tables(

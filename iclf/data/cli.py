@@ -34,8 +34,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
     synth = sub.add_parser("synth", help="write a synthetic dataset in a PEDES format",
                            description="Write a synthetic person dataset in the on-disk format of "
-                                       "DATASET under ROOT/DATASET/ (10%% val and 10%% test "
-                                       "identities for CUHK-PEDES and RSTPReid, 20%% test for "
+                                       "DATASET under ROOT/DATASET/ (10% val and 10% test "
+                                       "identities for CUHK-PEDES and RSTPReid, 20% test for "
                                        "ICFG-PEDES).")
     synth.add_argument("--root", required=True, help="directory that will contain <DATASET>/")
     synth.add_argument("--dataset", required=True, choices=DATASETS)
@@ -46,6 +46,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                        help="image size factor (1.0: 64-80 x 128-192 px)")
     synth.add_argument("--overwrite", action="store_true",
                        help="replace an existing ROOT/DATASET directory")
+    synth.add_argument("--eval-ids", type=int, default=None,
+                       help="identities in val and in test each, instead of 10%% (ICFG-PEDES: in "
+                            "test)")
 
     cache = sub.add_parser(
         "cache", help="decode and resize a dataset's images once, for every run to share",
@@ -127,7 +130,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     summary = write_synthetic(args.root, args.dataset, args.ids, args.images_per_id, args.seed,
                               scale=args.scale, overwrite=args.overwrite,
-                              progress=sys.stderr.isatty())
+                              progress=sys.stderr.isatty(), eval_ids=args.eval_ids)
     print(f"wrote {summary.dataset} to {summary.root} in {summary.seconds:.1f} s "
           f"(annotations: {summary.annotation_file})")
     print(format_table(summary.counts))

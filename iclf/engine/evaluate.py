@@ -5,12 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from iclf.metrics import evaluate_features, retrieval_metrics
+from iclf.metrics import Ranking, evaluate_features, rank_and_evaluate, retrieval_metrics
 from iclf.precision import fp32_region
 
 
@@ -71,6 +71,15 @@ def evaluate_split(model: torch.nn.Module, eval_set: Any, **kwargs: Any) -> dict
     # streams the similarity matrix in chunks of queries: bounded memory at ICFG-PEDES size
     return evaluate_features(txt, img, torch.as_tensor(eval_set.caption_pids),
                              torch.as_tensor(eval_set.image_pids))
+
+
+def evaluate_split_ranked(model: torch.nn.Module, eval_set: Any, queries: Sequence[int],
+                          k: int = 10, **kwargs: Any) -> tuple[dict[str, float], Ranking]:
+    """:func:`evaluate_split` plus the top-``k`` gallery images of the chosen ``queries`` (caption
+    indices), from the same pass (:func:`iclf.metrics.rank_and_evaluate`)."""
+    txt, img = extract_features(model, eval_set, **kwargs)
+    return rank_and_evaluate(txt, img, torch.as_tensor(eval_set.caption_pids),
+                             torch.as_tensor(eval_set.image_pids), queries, k=k)
 
 
 def chance_levels(query_pids: Any, gallery_pids: Any, seed: int = 0) -> dict[str, float]:

@@ -14,7 +14,7 @@ MARKER = ".iclf-synthetic.json"
 
 
 def ensure_synthetic(root: str | Path, dataset: str, *, ids: int, images_per_id: int,
-                     seed: int) -> Path:
+                     seed: int, eval_ids: int | None = None) -> Path:
     """Generate the synthetic ``dataset`` under ``root`` unless the same one is already there.
 
     The dataset is written to a temporary folder and renamed into place, so an interrupted generation
@@ -26,6 +26,8 @@ def ensure_synthetic(root: str | Path, dataset: str, *, ids: int, images_per_id:
     root = Path(root).resolve()
     target = root / dataset
     wanted = {"dataset": dataset, "ids": ids, "images_per_id": images_per_id, "seed": seed}
+    if eval_ids is not None:  # only then: datasets generated before the setting keep matching
+        wanted["eval_ids"] = eval_ids
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{dataset}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -45,7 +47,8 @@ def ensure_synthetic(root: str | Path, dataset: str, *, ids: int, images_per_id:
                     "another data.root")
             tmp = root / f".tmp-{dataset}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            summary = write_synthetic(tmp, dataset, ids, images_per_id, seed, progress=True)
+            summary = write_synthetic(tmp, dataset, ids, images_per_id, seed, progress=True,
+                                      eval_ids=eval_ids)
             (tmp / dataset / MARKER).write_text(json.dumps(wanted, sort_keys=True))
             if target.exists():
                 target.rmdir()

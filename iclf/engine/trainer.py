@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from tqdm import tqdm
 
 from iclf.config import ExperimentConfig, flatten, save_config, to_dict
 from iclf.engine import checkpoint as ckpt
-from iclf.engine.evaluate import autocast_context, chance_levels, evaluate_split, use_bf16
+from iclf.engine.evaluate import (
+    autocast_context, chance_levels, evaluate_split, evaluate_split_ranked, use_bf16)
+from iclf.engine.retrieval import PICTURE_FILE, RECORD_FILE, retrieval_queries, save_retrieval
 from iclf.engine.optim import build_optimizer, build_param_groups, build_reference_param_groups
 from iclf.engine.reporting import ConsoleReporter, JsonlReporter, Reporter, Reporters
 from iclf.engine.schedule import warmup_cosine_factor
@@ -117,7 +120,8 @@ def prepare_data(cfg: ExperimentConfig, progress: bool = True):
         from iclf.engine.prepare import ensure_synthetic
 
         s = cfg.data.synthetic
-        ensure_synthetic(root, cfg.data.dataset, ids=s.ids, images_per_id=s.images_per_id, seed=s.seed)
+        ensure_synthetic(root, cfg.data.dataset, ids=s.ids, images_per_id=s.images_per_id,
+                         seed=s.seed, eval_ids=s.eval_ids)
     return load_pedes(cfg.data.dataset, root, val_fraction=cfg.data.val_fraction,
                       split_seed=cfg.data.split_seed, verify_images=cfg.data.verify_images)
 
@@ -275,6 +279,7 @@ class Run:
     sampler: Any                        # the identity sampler, or None
     loader: DataLoader
     eval_kwargs: dict[str, Any]         # how evaluate_split extracts features
+    retrieval_queries: list[int] = field(default_factory=list)  # the pictured queries (retrieval)
 
     @property
     def paper(self) -> bool:
@@ -321,9 +326,11 @@ def setup(cfg: ExperimentConfig, *, run_dir: str | Path | None = None,
     eval_kwargs = dict(transform=build_test_transform(tuple(cfg.model.image_size)),
                        tokenizer=tokenizer, batch_size=cfg.evaluation.batch_size, device=device,
                        bf16=bf16, num_workers=min(cfg.data.num_workers, 2))
+    select_set = data.test if cfg.evaluation.paper_protocol else data.val
     return Run(cfg=cfg, run_dir=run_dir, device=device, bf16=bf16, data=data, model=model,
                objective=objective, optimizer=optimizer, scheduler=scheduler, dataset=dataset,
-               sampler=sampler, loader=loader, eval_kwargs=eval_kwargs)
+               sampler=sampler, loader=loader, eval_kwargs=eval_kwargs,
+               retrieval_queries=retrieval_queries(select_set.caption_pids))
 
 
 def restore(run: Run, checkpoint_dir: str | Path) -> TrainState:
@@ -340,6 +347,10 @@ def restore(run: Run, checkpoint_dir: str | Path) -> TrainState:
         best_file = checkpoint_dir / ckpt.BEST_FILE
         if best_file.is_file():
             ckpt.save_atomic(ckpt.load(best_file), run.checkpoint_dir / ckpt.BEST_FILE)
+        for name in (RECORD_FILE, PICTURE_FILE):  # what the selected checkpoint retrieves
+            if (checkpoint_dir / name).is_file():
+                run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(checkpoint_dir / name, run.checkpoint_dir / name)
     return TrainState(**saved["progress"])
 
 
@@ -418,13 +429,17 @@ def run_epoch(run: Run, state: TrainState, epoch: int, *, progress: bool) -> dic
     metric = cfg.evaluation.metric
     if epoch % cfg.evaluation.eval_period == 0 or epoch == cfg.training.epochs:
         select_set = run.data.test if run.paper else run.data.val
-        state.last_metrics = evaluate_split(run.model, select_set, **run.eval_kwargs)
+        # the metrics and, from the same pass, the top-10 images of the pictured queries
+        state.last_metrics, ranking = evaluate_split_ranked(
+            run.model, select_set, run.retrieval_queries, **run.eval_kwargs)
         value = state.last_metrics[metric]
         if better(value, state.best, "max"):  # every retrieval metric: higher is better
             state.best, state.best_epoch = value, epoch
             state.best_metrics = dict(state.last_metrics)
             ckpt.save_atomic(ckpt.trainable_state_dict(run.model),
                              run.checkpoint_dir / ckpt.BEST_FILE)
+            save_retrieval(ranking, select_set, run.checkpoint_dir, split=run.select_split,
+                           epoch=epoch)
     metrics.update({f"{run.select_split}/{k}": v for k, v in state.last_metrics.items()})
     if state.best is not None:
         metrics[f"best/{run.select_split}/{metric}"] = state.best

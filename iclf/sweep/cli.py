@@ -64,7 +64,11 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="apply the spec's smoke: block (CI)")
     p.add_argument("--num-cpus", type=_at_least_one, default=None,
                    help="CPUs of the local Ray instance (default: all); ignored with --address")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's own progress output (TensorBoard hint, a line per checkpoint) "
+                        "instead of iclf's table of trials (swept parameters, epoch, the metric, "
+                        "its best so far, val/mAP, samples/s)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and exit: the trials (configuration x seed, or the search "
                         "space), resources per trial, how many run at once here and the projected "
@@ -121,7 +125,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     resume_hint = f"continue with `iclf sweep {args.spec} --resume`"
     try:
         outcome = sweep_tune.run_sweep(spec, address=args.address, resume=args.resume,
-                                       num_cpus=args.num_cpus, verbose=0 if args.quiet else 1,
+                                       num_cpus=args.num_cpus, verbose=0 if args.quiet else 2 if args.verbose else 1,
                                        plan=plan)
     except (sweep_tune.SweepError, ConfigError, TrackingError, LeaseHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -175,6 +179,7 @@ def _print_best(outcome, metric: str, mode: str) -> None:
 def cmd_summary(args: argparse.Namespace) -> int:
     from iclf.sweep.results import (
         partial_note, resolve_sweep, sweep_frames, sweep_state, write_sweep_report)
+    from iclf.tracking.reporter import load_retrieval
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
     trials, curves = sweep_frames(ref)
@@ -185,7 +190,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     else:
         out = Path("runs") / "reports" / ref.name
     write_sweep_report(trials, curves, out, baseline=ref.baseline(), metric=ref.metric,
-                       mode=ref.mode)
+                       mode=ref.mode,
+                       retrieval=lambda run_id: load_retrieval(ref.client, run_id))
     facts = json.loads((out / "report.json").read_text())
     note = partial_note(sweep_state(ref))
     planned = ref.parent.data.tags.get("trials_planned", "")
@@ -291,9 +297,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
         uri = resolve_tracking_uri(args.tracking_uri, DEFAULT_DB)
         connect_existing(uri)
         ref, exp_id, what = None, None, f"no sweep yet ({exc})"
+    from iclf.tracking.view import view_url
+
+    parent = _comparison_view(ref) if ref is not None else None
+
+    def pages(base: str) -> tuple[str, str | None]:
+        if exp_id is None:
+            return base, None
+        return (view_url(base, exp_id, parent),
+                view_url(base, exp_id, parent, chart=True) if parent is not None else None)
+
     if is_server(uri):  # an MLflow server (a cluster's) is its own UI
-        page = f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs" if exp_id is not None else uri
-        print(f"MLflow UI for {what}: {page} (served by the tracking server; log in there)")
+        table, charts = pages(uri)
+        print(f"MLflow UI for {what}: {table} (served by the tracking server; log in there)")
+        if charts is not None:
+            print(f"  charts: {charts}")
         return 0
 
     from iclf.tracking.server import next_free_port, port_free
@@ -311,8 +329,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
                          f"would not be this database's: stop it, or pass another --port")
 
     def ready(base: str) -> None:
-        runs = f"{base}/#/experiments/{exp_id}/runs" if exp_id is not None else base
-        print(f"MLflow UI for {what}: {runs}", flush=True)
+        table, charts = pages(base)
+        print(f"MLflow UI for {what}: {table}", flush=True)
+        if charts is not None:
+            print(f"  charts (every trial's {ref.metric} per epoch, parameters against it): "
+                  f"{charts}", flush=True)
         if ref is not None:
             print(f"  the sweep's parent run: {base}/#/experiments/{exp_id}/runs/"
                   f"{ref.parent_run_id} (summary tables and plots under Artifacts > report)",
@@ -324,6 +345,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
                         quiet=args.quiet, on_ready=ready)
     except TimeoutError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _comparison_view(ref) -> str | None:
+    """The parent run id whose comparison view (:mod:`iclf.tracking.view`) the UI opens on; a
+    sweep recorded before views existed gets its view now. None when it cannot be written (a
+    read-only login): the URL then opens the plain run table."""
+    from iclf.tracking.view import ComparisonView, has_view, swept_params, write_view
+
+    try:
+        tags = ref.client.get_experiment(ref.experiment_id).tags
+        if not has_view(tags, ref.parent_run_id):
+            params = swept_params(ref.resolved_spec())
+            write_view(ref.client, ref.experiment_id,
+                       ComparisonView(ref.name, ref.parent_run_id, params, ref.metric, ref.mode))
+    except Exception as exc:  # noqa: BLE001 - MlflowException (permission), TrackingError
+        print(f"[iclf] no comparison view for sweep {ref.name}: {exc}", file=sys.stderr)
+        return None
+    return ref.parent_run_id
 
 
 SUMMARY_DESC = """\
@@ -356,7 +395,9 @@ bit-identical; 0.5 points on a GPU).
 
 UI_DESC = """\
 Start the MLflow UI (mlflow server) on the project's tracking database, bound to 127.0.0.1, and
-print the URL of the sweep's run table. Ctrl-C stops it.
+print the URL of the sweep's comparison view: every trial a row, ranked by the sweep's metric, with
+the swept parameters, val/R1, val/mAP, val/mINP, test/R1 and trainable parameters as columns; and
+of its charts (the metric per epoch for every trial, parameters against it). Ctrl-C stops it.
 
   iclf ui                       the latest sweep in runs/mlflow.db
   iclf ui ablations/demo.yaml --port 5001

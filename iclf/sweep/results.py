@@ -184,10 +184,11 @@ def fmt_mean_std(mean: float, std: float) -> str:
 
 
 def write_sweep_report(trials, curves, out: Path, *, baseline: dict[str, Any] | None, metric: str,
-                       mode: str) -> dict[str, Path] | None:
+                       mode: str, retrieval=None) -> dict[str, Path] | None:
     """The analysis report of a sweep into ``out``, written in a temporary directory beside it and
     renamed into place (a reader never sees half a report). None, and nothing written, when no
-    trial finished; a baseline with no finished trial yet is left out rather than failing."""
+    trial finished; a baseline with no finished trial yet is left out rather than failing.
+    ``retrieval``: run id -> its logged retrieval data, for the side-by-side picture."""
     import shutil
 
     from iclf.analysis import write_report
@@ -200,11 +201,12 @@ def write_sweep_report(trials, curves, out: Path, *, baseline: dict[str, Any] | 
     try:
         try:
             written = write_report(trials, curves, tmp, baseline=baseline, metric=metric,
-                                   mode=mode)
+                                   mode=mode, retrieval=retrieval)
         except ValueError:
             if baseline is None:
                 raise
-            written = write_report(trials, curves, tmp, baseline=None, metric=metric, mode=mode)
+            written = write_report(trials, curves, tmp, baseline=None, metric=metric, mode=mode,
+                                   retrieval=retrieval)
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)

@@ -37,6 +37,9 @@ Layout (every key but ``name``, ``base`` and ``space`` optional)::
 Condition syntax (``if:`` of a parameter or of a ``when`` rule): ``{key: value}`` tests equality;
 ``{key: {gt: 0}}`` uses an operator (eq, ne, gt, ge, lt, le, in, not_in); a mapping is always read
 as operators, so compare with a mapping value as ``{key: {eq: {...}}}``. All conditions must hold.
+Numbers such as ``1e-6``, which PyYAML reads as strings, are numbers everywhere: range bounds and
+ordering conditions are floats, equality conditions and ``in`` lists compare them as the numbers they
+spell, baseline values become floats; grid and choice values are kept as written.
 A parameter's ``if:`` may only name parameters listed before it; when it does not hold the parameter
 is left out of the trial (the experiment's value stands). A rule's ``if:`` is evaluated on the trial's
 experiment config after the parameters are set.
@@ -66,6 +69,7 @@ from iclf.config import (
     ExperimentConfig,
     coerce,
     config_from_dict,
+    exponent_number,
     parse_overrides,
     read_mapping,
     read_yaml,
@@ -100,7 +104,9 @@ def get_dotted(data: Mapping[str, Any], key: str, default: Any = _MISSING) -> An
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equality that treats 1 and 1.0 alike but not True and 1."""
+    """Equality that treats 1 and 1.0 alike but not True and 1, and reads an exponent number that
+    PyYAML left a string (``'1e-4'``) as the number it spells."""
+    a, b = exponent_number(a), exponent_number(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     return a == b
@@ -121,6 +127,7 @@ class Condition:
         else:
             current = values.get(self.key)
         v = self.value
+        current = exponent_number(current)
         if self.op == "eq":
             return _same(current, v)
         if self.op == "ne":
@@ -635,8 +642,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (
     settings = {f.name: getattr(top, f.name) for f in dataclasses.fields(SweepSettings)}
     spec = AblationSpec(
         path=path, name=name, base=base, experiment=experiment, space=space,
-        rules=_parse_rules(where, top.when), baseline=dict(top.baseline or {}), variant=variant,
-        smoke=smoke, resolved=resolved, **settings)
+        rules=_parse_rules(where, top.when),
+        baseline={k: exponent_number(v) for k, v in (top.baseline or {}).items()},
+        variant=variant, smoke=smoke, resolved=resolved, **settings)
     _validate(where, spec)
     return spec
 

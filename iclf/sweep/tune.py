@@ -58,7 +58,7 @@ from iclf.names import (
 from iclf.sweep import lease
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
-from iclf.tracking.reporter import MlflowReporter, log_weights
+from iclf.tracking.reporter import MlflowReporter, log_retrieval, log_weights
 
 
 
@@ -82,6 +82,9 @@ class TrialContext:
     # Called as ``epoch_hook(epoch, trial_id)`` after an epoch is logged to MLflow and before it is
     # reported to Tune (fault-injection tests; custom instrumentation). Must be picklable.
     epoch_hook: Callable[[int, str], None] | None = None
+    # The sweep's verbosity (build_tuner sets it): below 2, Ray's per-checkpoint INFO lines in the
+    # trial's log are dropped (iclf.sweep.progress.quiet_trial_logs).
+    verbose: int = 1
 
 
 # ---------------------------------------------------------------------- the space as Tune sees it
@@ -157,13 +160,15 @@ class TuneReporter(MlflowReporter):
     """
 
     def __init__(self, logger, *, metric: str, mode: str, trial_id: str,
-                 epoch_hook: Callable[[int, str], None] | None = None):
+                 epoch_hook: Callable[[int, str], None] | None = None, system_metrics=None):
         super().__init__(logger)
         self.metric = metric
         self.mode = mode
         self.trial_id = trial_id
         self.epoch_hook = epoch_hook
+        self.system_metrics = system_metrics  # stopped before the last report (see on_epoch)
         self.best: float | None = None
+        self.finished = False
 
     def on_start(self, info: dict[str, Any]) -> None:
         super().on_start(info)
@@ -171,8 +176,14 @@ class TuneReporter(MlflowReporter):
         self.best = best_so_far((value for step, value in self.logger.history(self.metric).items()
                                  if step <= resumed), self.mode)
 
+    def on_result(self, result) -> None:
+        super().on_result(result)
+        self.finished = True  # the next on_epoch is the trial's last report
+
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         super().on_epoch(epoch, metrics, checkpoint_dir)
+        if self.finished and self.system_metrics is not None:
+            self.system_metrics.stop()  # Tune may end the process right after the last report
         report = without_test(metrics)
         value = report.get(self.metric)
         if value is not None and math.isfinite(value) and better(value, self.best, self.mode):
@@ -201,8 +212,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from iclf.engine import train
     from iclf.tracking.mlflow import RunLogger, connect, find_trial_run, open_trial_run
+    from iclf.tracking.system import SystemMetrics
 
     spec = ctx.spec
+    if ctx.verbose < 2:
+        from iclf.sweep.progress import quiet_trial_logs
+
+        quiet_trial_logs()
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
     params = trial_params(spec, config)
@@ -227,16 +243,22 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     logger = RunLogger(client, run_id)
     logger.set_tags({"node_id": ray.get_runtime_context().get_node_id()})
     logger.log_params(flat_params(params))
+    # CPU/GPU utilisation and memory as system/... metrics of the run (iclf.tracking.system)
+    system = SystemMetrics.start(run_id, ctx.tracking_uri)
     reporter = TuneReporter(logger, metric=spec.metric, mode=spec.mode, trial_id=trial_id,
-                            epoch_hook=ctx.epoch_hook)
+                            epoch_hook=ctx.epoch_hook, system_metrics=system)
     checkpoint = tune.get_checkpoint()
     resume_from = None
     if checkpoint is not None:
         resume_from, skipped = resume_point(Path(checkpoint.path))
         logger.set_tags({"resumed_from": resume_from.name if resume_from else "scratch",
                          **({"skipped_checkpoints": "; ".join(skipped)} if skipped else {})})
-    train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir, progress=False,
-          console=False)
+    try:
+        train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir,
+              progress=False, console=False)
+    finally:
+        if system is not None:
+            system.stop()
 
 
 def resume_point(latest: Path) -> tuple[Path | None, list[str]]:
@@ -654,7 +676,8 @@ def _open_record(client, spec: AblationSpec, paths: SweepPaths, fingerprint: str
     resolved.write_text(json.dumps(spec.resolved, indent=1, default=str))
     record = tracking.open_sweep(client, experiment=spec.tracking.experiment or spec.sweep_name,
                                  sweep=spec.sweep_name, tags=tags,
-                                 artifacts=[spec.path, resolved])
+                                 artifacts=[spec.path, resolved], params=spec.param_keys,
+                                 metric=spec.metric, mode=spec.mode)
     write_state(paths.sweep_dir, {
         "sweep": spec.sweep_name, "spec_file": str(spec.path.resolve()), "spec_hash": spec.hash,
         "tracking_uri": record.tracking_uri, "experiment_id": record.experiment_id,
@@ -681,11 +704,22 @@ def _child_tags(client, spec: AblationSpec, record) -> dict[str, str]:
 
 def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, float],
                 paths: SweepPaths, *, resume: bool = False, verbose: int = 1) -> tune.Tuner:
-    """The Tune experiment of ``spec`` (restored from its directory with ``resume``)."""
+    """The Tune experiment of ``spec`` (restored from its directory with ``resume``).
+
+    ``verbose``: 0 prints nothing, 1 iclf's trial table (:mod:`iclf.sweep.progress`), 2 Ray's own
+    output (TensorBoard hint, checkpoint messages)."""
+    from iclf.sweep.progress import TrialTable, use_trial_table
+
+    ctx = dataclasses.replace(ctx, verbose=verbose)
     trainable = _trainable(ctx, resources)
+    use_trial_table(verbose == 1)
     if resume:
+        # Tune reapplies the stored RunConfig; the table is iclf's console, not experiment state
         return tune.Tuner.restore(str(paths.sweep_dir), trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
+    table = TrialTable(spec.param_keys, spec.metric, spec.mode, spec.max_epochs,
+                       params_of=lambda config: trial_params(spec, config),
+                       seed_of=lambda config: trial_seed(spec, config)) if verbose == 1 else None
     space, search, scheduler, num_samples = _tuner_parts(spec)
     return tune.Tuner(
         trainable, param_space=space,
@@ -704,7 +738,7 @@ def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, f
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[CloseRuns(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
                                  spec.max_epochs)],
-            verbose=verbose))
+            progress_reporter=table, verbose=min(verbose, 2)))
 
 
 def finalize(spec: AblationSpec, client, record, sweep_dir: Path,
@@ -753,6 +787,7 @@ def _evaluate_and_log(run_dir: str, tracking_uri: str, run_id: str, step: int,
     logger = RunLogger(connect(tracking_uri), run_id)
     logger.log_once({f"test/{k}": v for k, v in test.items()}, step=step)
     log_weights(logger, Path(run_dir))
+    log_retrieval(logger, Path(run_dir))
     return test
 
 
@@ -796,11 +831,13 @@ def write_analysis(spec: AblationSpec, uri: str, parent_run_id: str, sweep_dir: 
     returns the paths."""
     from iclf.sweep.results import write_sweep_report
     from iclf.tracking.mlflow import load_sweep_frames
+    from iclf.tracking.reporter import load_retrieval
 
     trials, curves = load_sweep_frames(uri, parent_run_id)
     out = sweep_dir / "report"
     written = write_sweep_report(trials, curves, out, baseline=dict(spec.baseline) or None,
-                                 metric=spec.metric, mode=spec.mode)
+                                 metric=spec.metric, mode=spec.mode,
+                                 retrieval=lambda run_id: load_retrieval(client, run_id))
     if written is None:  # no trial finished: nothing to summarise
         return []
     client.log_artifacts(parent_run_id, str(out), "report")

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -134,12 +134,20 @@ class SweepRecord:
 
 
 def open_sweep(client: MlflowClient, *, experiment: str, sweep: str, tags: Mapping[str, Any],
-               artifacts: Iterable[str | Path] = ()) -> SweepRecord:
+               artifacts: Iterable[str | Path] = (), params: Sequence[str] | None = None,
+               metric: str = "val/R1", mode: str = "max") -> SweepRecord:
     """Start a sweep's record: its experiment (created if missing), its parent run (RUNNING, with
-    ``tags``) and the parent's ``artifacts`` (the spec files)."""
+    ``tags``) and the parent's ``artifacts`` (the spec files). With the swept ``params``, the
+    experiment also gets the sweep's comparison view in the UI (:mod:`iclf.tracking.view`: its
+    trials by ``metric`` under ``mode``)."""
+    from iclf.tracking.view import ComparisonView, write_view
+
     uri = client.tracking_uri
     experiment_id = ensure_experiment(client, experiment, default_artifact_location(uri))
     parent_run_id = create_sweep_run(client, experiment_id, sweep, tags)
+    if params is not None:
+        write_view(client, experiment_id,
+                   ComparisonView(sweep, parent_run_id, tuple(params), metric, mode))
     for path in artifacts:
         client.log_artifact(parent_run_id, str(path))
     return SweepRecord(uri, experiment_id, parent_run_id)

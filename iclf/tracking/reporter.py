@@ -25,7 +25,8 @@ class MlflowReporter:
     * ``on_epoch``: the epoch's metrics (never test ones) with ``peak_memory_mb``, at step
       ``epoch``; the last epoch also carries ``device_seconds`` including the final evaluation;
     * ``on_result``: ``test/*`` and ``test_last/*`` at the last trained epoch, the config and the
-      selected checkpoint's trainable weights as artifacts (:func:`log_weights`).
+      selected checkpoint's trainable weights as artifacts (:func:`log_weights`), and what it
+      retrieves for the pictured validation queries (:func:`log_retrieval`).
     """
 
     def __init__(self, logger):
@@ -63,6 +64,7 @@ class MlflowReporter:
         self.logger.log_once(final, step=int(result.epochs_trained or result.best_epoch))
         self.final_device_seconds = float(result.device_seconds)
         log_weights(self.logger, Path(result.run_dir))
+        log_retrieval(self.logger, Path(result.run_dir))
 
 
 def log_weights(logger, run_dir: Path) -> None:
@@ -77,3 +79,36 @@ def log_weights(logger, run_dir: Path) -> None:
         logger.log_artifact(best, "checkpoint")
     else:
         logger.set_tags({"best_weights_path": str(best), "best_weights_mb": f"{size_mb:.0f}"})
+
+
+RETRIEVAL_DIR = "retrieval"  # artifact folder: the selected checkpoint's retrieval picture + data
+
+
+def log_retrieval(logger, run_dir: Path) -> bool:
+    """The selected checkpoint's retrieval grid (``best_retrieval.png``) and its data
+    (``best_retrieval.json``, :mod:`iclf.engine.retrieval`) as artifacts under ``retrieval/``;
+    False when the run has none (no evaluation yet)."""
+    from iclf.engine.retrieval import PICTURE_FILE, RECORD_FILE
+
+    logged = False
+    for name in (RECORD_FILE, PICTURE_FILE):
+        path = run_dir / "checkpoint" / name
+        if path.is_file():
+            logger.log_artifact(path, RETRIEVAL_DIR)
+            logged = True
+    return logged
+
+
+def load_retrieval(client, run_id: str) -> dict[str, Any] | None:
+    """A run's retrieval record (``retrieval/best_retrieval.json``), or None when it has none."""
+    import json
+    import tempfile
+
+    from iclf.engine.retrieval import RECORD_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, f"{RETRIEVAL_DIR}/{RECORD_FILE}", tmp)
+        except Exception:  # noqa: BLE001 - MlflowException / OSError: no such artifact
+            return None
+        return json.loads(Path(path).read_text())

@@ -3,7 +3,11 @@ two trials of the tiny model, and MLflow then holds one FINISHED parent run with
 trial carrying per-epoch validation metrics, final test metrics, params and artifacts. Plus the
 command's errors (bad spec, existing sweep, nothing to resume), which need no Ray."""
 
+import contextlib
+import io
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 
 from iclf.sweep.cli import main  # noqa: E402
+from iclf.tracking.system import ENV as SYSTEM_ENV  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,17 +33,49 @@ def write_smoke(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
+    # System metrics every second (default: every minute); Ray's workers inherit the environment
+    # the local instance starts with.
+    before = os.environ.get(SYSTEM_ENV)
+    os.environ[SYSTEM_ENV] = "1"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop(SYSTEM_ENV, None)
+    else:
+        os.environ[SYSTEM_ENV] = before
+
+
+CONSOLE: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("sweep")
     spec = write_smoke(tmp)
-    code = main([str(spec), "--quiet"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the progress table (no --quiet)
+        code = main([str(spec)])
+    CONSOLE["stdout"] = out.getvalue()
     return tmp, spec, code
+
+
+def test_progress_table_shows_the_metrics_that_matter(swept):
+    """iclf's table of trials, not Ray's: swept parameter, seed, epoch, val/R1 and its best so far,
+    val/mAP, samples/s; no TensorBoard hint, no inferred train/* columns."""
+    out = CONSOLE["stdout"]
+    tables = [line for line in out.splitlines() if re.match(r"\[iclf\] \d+:\d\d:\d\d  ", line)]
+    assert tables and "2 done of 2 (final)" in tables[-1], out[-3000:]
+    at = out.splitlines().index(tables[-1])
+    header, *rows = out.splitlines()[at + 1:at + 4]
+    assert header.split() == ["trial", "status", "lora.rank", "seed", "epoch", "val/R1", "best",
+                              "val/R1", "val/mAP", "samples/s"]
+    assert sorted(r.split()[2] for r in rows) == ["0", "4"]
+    for row in rows:
+        cells = row.split()
+        assert cells[1] == "done" and cells[3] == "3" and cells[4] == f"{EPOCHS}/{EPOCHS}"
+        assert all(float(c) >= 0 for c in cells[5:])
+    assert "tensorboard" not in out.lower() and "train/itc" not in out
 
 
 def test_smoke_sweep_logs_parent_and_children(swept):
@@ -84,6 +121,52 @@ def test_smoke_sweep_logs_parent_and_children(swept):
     # LoRA trains fewer parameters than full fine-tuning (rank 0).
     by_key = {r.data.tags["config_key"]: r.data.metrics["trainable_params"] for r in children}
     assert by_key["lora.rank=4"] < by_key["lora.rank=0"]
+
+
+def test_trials_log_system_metrics_while_they_run(swept):
+    """MLflow's system metrics on every trial run (CPU and memory here; GPU where one is visible),
+    at the interval of ICLF_SYSTEM_METRICS_S, each step once, none after the run was closed."""
+    tmp, spec, code = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    children = client.search_runs([exp.experiment_id], "tags.`iclf.role` = 'trial'")
+    assert len(children) == 2
+    for run in children:
+        for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+                    "system/system_memory_usage_percentage"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert history, key
+            steps = [m.step for m in history]
+            assert len(set(steps)) == len(steps), (key, steps)
+            assert all(m.timestamp <= run.info.end_time for m in history), key
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        assert all(0.0 <= m.value <= 100.0 for m in cpu)
+
+
+def test_trials_log_retrieval_grids_and_the_report_compares_them(swept):
+    """Each trial's selected checkpoint: its retrieval grid (PNG) and data under retrieval/; the
+    report draws the baseline's and the best configuration's side by side."""
+    from PIL import Image
+
+    tmp, spec, code = swept
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    for run in client.search_runs([exp.experiment_id], "tags.`iclf.role` = 'trial'"):
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "retrieval")}
+        assert names == {"retrieval/best_retrieval.json", "retrieval/best_retrieval.png"}
+        local = client.download_artifacts(run.info.run_id, "retrieval", str(tmp / run.info.run_id))
+        record = json.loads(Path(local, "best_retrieval.json").read_text())
+        assert record["split"] == "val" and 1 <= record["k"] <= 10  # 10, or the whole gallery
+        assert record["epoch"] == int(run.data.metrics["best_epoch"])
+        pids = [q["pid"] for q in record["queries"]]
+        assert 1 <= len(pids) <= 8 and len(set(pids)) == len(pids)  # one query per identity
+        assert all(len(q["gallery"]) == record["k"] for q in record["queries"])
+        with Image.open(Path(local, "best_retrieval.png")) as picture:
+            assert picture.size[0] > 300 + record["k"] * 56 and picture.size[1] > len(pids) * 100
+    report = json.loads((tmp / "ray" / "smoke" / "report" / "report.json").read_text())
+    # the baseline (lora.rank=0) and the best, one picture when the baseline is the best
+    assert set(report["retrieval"]["runs"]) == {"lora.rank=0", report["best_key"]}
+    assert (tmp / "ray" / "smoke" / "report" / "retrieval.png").is_file()
 
 
 def test_analysis_frames_and_report(swept):

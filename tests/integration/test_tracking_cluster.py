@@ -238,7 +238,7 @@ def test_iclf_ui_serves_the_postgresql_store_on_loopback_without_login(store, sw
         status, text = ui.request("/api/2.0/mlflow/runs/search", method="POST",
                                   body={"experiment_ids": [match[2]], "max_results": 10})
         assert status == 200 and text.count('"iclf.role"') == 3  # parent + 2 trials
-        rest = [proc.stdout.readline() for _ in range(2)]
+        rest = [proc.stdout.readline() for _ in range(3)]  # charts, parent run, database
         assert "tracking database: " + db_uri in rest[-1], rest
     finally:
         servers.stop_group(proc)
@@ -249,5 +249,8 @@ def test_iclf_ui_on_the_server_points_at_the_server_itself(store, swept):
     out = _iclf(["ui", "pgauth", "--tracking-uri", server.url], MLFLOW_TRACKING_USERNAME=USER,
                 MLFLOW_TRACKING_PASSWORD=PASSWORD)
     assert out.returncode == 0, out.stderr[-2000:]
+    view = r"\?workflowType=machine_learning&viewStateShareKey=iclf-[0-9a-f]{32}"
     assert re.fullmatch(rf"MLflow UI for sweep pgauth: {re.escape(server.url)}/#/experiments/\d+/"
-                        r"runs \(served by the tracking server; log in there\)\n", out.stdout)
+                        rf"runs{view} \(served by the tracking server; log in there\)\n"
+                        rf"  charts: {re.escape(server.url)}/#/experiments/\d+/runs{view}"
+                        r"&compareRunsMode=CHART\n", out.stdout)

@@ -129,6 +129,39 @@ def test_console_table_is_aligned(summary):
     assert f"best by val/R1: {best(summary, 'max')}" in text
 
 
+def test_console_table_says_which_differences_are_significant(summary):
+    """Below the table, in words: the configurations whose difference from the baseline is
+    significant, those whose difference is not, each with Δ and p as the table prints them."""
+    text = tables.format_console(summary)
+    table = summary.table
+    sig = [k for k, s, b in zip(table["config_key"], table["sig val/R1"], table["is_baseline"])
+           if s and not b]
+    tested = table[~table["is_baseline"] & table["p val/R1"].notna()]
+    not_sig = [k for k, s in zip(tested["config_key"], tested["sig val/R1"]) if not s]
+    assert sig and not_sig  # the fixture has both kinds
+    lines = text.splitlines()
+
+    def block(title: str) -> list[str]:
+        at = lines.index(title) + 1
+        rows = []
+        while at < len(lines) and lines[at].startswith("  "):
+            rows.append(lines[at].split())
+            at += 1
+        return rows
+
+    significant = block("significant (p < 0.05) vs the baseline on val/R1:")
+    rest = block("not significant (p >= 0.05): not told apart from seed-to-seed variation with "
+                 "these seeds:")
+    assert sorted(r[0] for r in significant) == sorted(sig)
+    assert sorted(r[0] for r in rest) == sorted(not_sig)
+    for row in significant + rest:
+        got = table[table["config_key"] == row[0]].iloc[0]
+        assert row[1:] == ["Δ", f"{got['delta val/R1']:+.2f}", "p", f"{got['p val/R1']:.2g}"]
+    untested = table[~table["is_baseline"] & table["p val/R1"].isna()]["config_key"]
+    assert sorted(r[0] for r in block("not tested (one seed, or seeds that cannot be compared):")) \
+        == sorted(untested)
+
+
 def test_parsers_reject_garbage():
     with pytest.raises(ValueError, match="pipe table"):
         tables.parse_markdown("no table here")

@@ -217,3 +217,15 @@ def test_through_the_iclf_main_cli(tmp_path, capsys):
     assert main(["data", "stats", "--root", str(tmp_path / "none"), "--dataset", "RSTPReid"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "does not exist" in err[0]
+
+
+@pytest.mark.parametrize("command", ["stats", "synth", "cache"])
+def test_data_help_prints_percent_signs_once(command, capsys):
+    """argparse %-formats help strings but not descriptions: a description says 10%, not 10%%."""
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(["data", command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "%%" not in out
+    if command == "synth":
+        assert "10% val and 10% test" in out

@@ -164,3 +164,18 @@ def test_bad_arguments_and_existing_directory(tmp_path):
     assert len(_records(s)) == 4
     assert sum(len(files) for _, _, files in os.walk(os.path.join(s.root, "imgs"))) == 4
     assert FORMATS["RSTPReid"].path_field == "img_path"
+
+
+def test_eval_ids_sets_the_evaluation_splits(tmp_path):
+    """Large evaluation splits from few identities: eval_ids val and test identities each."""
+    cuhk = split_identities("CUHK-PEDES", 100, 0, eval_ids=30)
+    assert cuhk.count("val") == cuhk.count("test") == 30 and cuhk.count("train") == 40
+    icfg = split_identities("ICFG-PEDES", 100, 0, eval_ids=30)
+    assert icfg.count("test") == 30 and "val" not in icfg
+    assert split_identities("CUHK-PEDES", 100, 0) == split_identities("CUHK-PEDES", 100, 0, None)
+    s = write_synthetic(tmp_path, "CUHK-PEDES", ids=12, images_per_id=2, seed=0, eval_ids=4)
+    assert s.counts["val"] == {"ids": 4, "images": 8, "captions": 16} == s.counts["test"]
+    with pytest.raises(ValueError, match="eval-ids"):
+        write_synthetic(tmp_path / "x", "CUHK-PEDES", ids=8, images_per_id=2, eval_ids=4)
+    with pytest.raises(ValueError, match="eval-ids"):
+        write_synthetic(tmp_path / "y", "CUHK-PEDES", ids=8, images_per_id=2, eval_ids=0)

@@ -340,3 +340,51 @@ def test_random_helper_unused():
 
     Param("optim.lr", "loguniform", low=1e-5, high=1e-3).sample(spec_rng)
     assert random.getstate() == state
+
+
+def test_exponent_numbers_pyyaml_reads_as_strings_are_floats(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-6 as the string '1e-6'. A range, an ordering condition, an equality
+    condition and a baseline value written that way are numbers; grid and choice values stay as
+    given (a string '1e-4' there is compared as the number it spells)."""
+    assert yaml.safe_load("x: 1e-6")["x"] == "1e-6"  # the premise
+    text = """\
+name: t
+base: ../experiments/base.yaml
+overrides: {optim.lr: 1e-4}
+space:
+  optim.weight_decay: {loguniform: [1e-6, 1e-3]}
+  optim.eps: {uniform: [1E-8, 1e-6]}
+search: {algorithm: random, seed: 0}
+num_samples: 3
+"""
+    spec = load_spec(write_spec(tmp_path, text))
+    decay, eps = spec.space
+    assert (decay.low, decay.high) == (1e-6, 1e-3) and type(decay.low) is float
+    assert (eps.low, eps.high) == (1e-8, 1e-6) and type(eps.low) is float
+    for params in spec.configurations():
+        assert 1e-6 <= params["optim.weight_decay"] <= 1e-3
+        assert spec.trial_config(params, 0).optim.lr == 1e-4
+
+    conditional = """\
+name: c
+base: ../experiments/base.yaml
+overrides: {optim.lr: 1e-4}
+space:
+  optim.weight_decay: {grid: ['1e-5', 1e-4]}
+  lora.alpha: {grid: [8.0, 32.0], if: {optim.weight_decay: {gt: 5e-5}}}
+when:
+  - if: {optim.lr: 1e-4}
+    set: {training.epochs: 2}
+  - if: {optim.lr: {lt: 5e-4}, optim.weight_decay: {in: [1e-4]}}
+    set: {schedule.warmup_epochs: 0}
+baseline: {optim.weight_decay: 1e-4, lora.alpha: 32.0}
+"""
+    spec = load_spec(write_spec(tmp_path, conditional, "c.yaml"))
+    configs = spec.configurations()
+    assert [c["optim.weight_decay"] for c in configs] == ["1e-5", "1e-4", "1e-4"]
+    assert [c.get("lora.alpha") for c in configs] == [None, 8.0, 32.0]
+    small, large = spec.trial_config(configs[0], 0), spec.trial_config(configs[1], 0)
+    assert small.optim.weight_decay == 1e-5 and large.optim.weight_decay == 1e-4
+    assert small.training.epochs == 2 and large.training.epochs == 2  # lr 1e-4 == 1.0e-4
+    assert small.schedule.warmup_epochs == 1 and large.schedule.warmup_epochs == 0
+    assert spec.baseline == {"optim.weight_decay": 1e-4, "lora.alpha": 32.0}
