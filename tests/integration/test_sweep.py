@@ -206,7 +206,8 @@ def test_finished_trials_keep_only_weights_config_and_metrics(swept):
         assert checkpoints, sorted(p.name for p in trial_dir.iterdir())
         for ckpt in checkpoints:
             assert [p.name for p in ckpt.iterdir()] == [RELEASED]
-        assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["best.pt"]
+        assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == [
+            "best.pt", "best_retrieval.json", "best_retrieval.png"]  # + its retrieval picture
         assert (run_dir / "configs.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
         artifacts = local_artifact_dir(run.info.artifact_uri)
         best = run_dir / "checkpoint" / "best.pt"

@@ -67,10 +67,19 @@ def test_shipped_specs_are_the_documented_ones():
 def test_demo_runs_on_synthetic_data_on_cpu():
     demo = load_spec(ROOT / "ablations/demo.yaml")
     assert demo.base.name == "synthetic.yaml"
-    assert demo.resources.gpu == 0 and demo.seeds == (0, 1)
-    assert set(demo.param_keys) == {"lora.rank", "fusion.depth"}
+    assert demo.resources.gpu == 0 and demo.seeds == (0, 1, 2)
+    assert set(demo.param_keys) == {"losses.weights.sdm", "fusion.depth"}
     cfg = demo.trial_config(demo.configurations()[0], 0)
     assert cfg.data.synthetic is not None and cfg.model.backbone == "tiny"
+    # evaluation splits where one query moves R1 by at most 0.5 points
+    synth = cfg.data.synthetic
+    assert synth.eval_ids * synth.images_per_id * 2 >= 200  # CUHK-PEDES: 2 captions per image
+    weights = {tuple(c.items()): demo.trial_config(c, 0).losses.weights
+               for c in demo.configurations()}
+    for config, w in weights.items():  # SDM replaces ITC; no fusion module, no MLM/ITM
+        params = dict(config)
+        assert (w.itc, w.sdm) == ((0.0, 1.0) if params["losses.weights.sdm"] else (1.0, 0.0))
+        assert (w.mlm == 0 and w.itm == 0) == (params["fusion.depth"] == 0)
 
 
 # ---------------------------------------------------------------------------- writing specs
