@@ -1,8 +1,8 @@
 """``iclf demo``: the newcomer's first run, what ``make demo`` calls.
 
 It generates the synthetic person dataset (CUHK-PEDES format), pretrains the tiny CLIP backbone on
-other synthetic identities, runs the retrieval-loss x fusion-depth ablation of ``ablations/demo.yaml`` on
-the CPU with Ray Tune, logs everything to MLflow (``runs/mlflow.db``), then prints the summary over
+other synthetic identities, runs the retrieval-loss x fusion-depth ablation of
+``ablations/demo.yaml`` on the CPU with Ray Tune, logs everything to MLflow (``runs/mlflow.db``), then prints the summary over
 seeds, the best configuration and the commands that read the results. Run again, it shows the
 finished sweep (or resumes an interrupted one) instead of training again.
 """
