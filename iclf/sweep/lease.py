@@ -106,6 +106,7 @@ class Lease:
     path: Path
     record: dict[str, Any]
     on_lost: Callable[[str], None] | None = None
+    made_dir: bool = False  # acquire created the sweep's directory: release removes it if empty
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -136,6 +137,11 @@ class Lease:
             try:
                 self.path.unlink()
             except FileNotFoundError:
+                pass
+        if self.made_dir:  # a sweep that stopped before writing anything leaves nothing behind
+            try:
+                self.path.parent.rmdir()
+            except OSError:
                 pass
 
     def __enter__(self) -> Lease:
@@ -169,6 +175,7 @@ def acquire(sweep_dir: Path, *, on_lost: Callable[[str], None] | None = None,
     """Take the lease of the sweep in ``sweep_dir`` (created if missing); :class:`LeaseHeld` when a
     live driver holds it. A dead holder's lease is taken over."""
     sweep_dir = Path(sweep_dir)
+    made_dir = not sweep_dir.is_dir()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / LEASE_FILE
     now = time.time()
@@ -177,7 +184,7 @@ def acquire(sweep_dir: Path, *, on_lost: Callable[[str], None] | None = None,
               "started": now, "heartbeat": now}
     for _ in range(5):
         if _create(path, record):
-            return Lease(path, record, on_lost)
+            return Lease(path, record, on_lost, made_dir)
         current = _read(path)
         if current is None:
             continue  # released meanwhile: try again

@@ -101,3 +101,20 @@ def test_an_unreadable_lease_counts_as_dead(tmp_path):
     (tmp_path / LEASE_FILE).write_text("{half a rec")
     with acquire(tmp_path) as mine:
         assert read_lease(tmp_path)["token"] == mine.token
+
+
+def test_a_sweep_that_stops_before_writing_anything_leaves_no_directory(tmp_path):
+    """A driver refused by the tracking server (a wrong password) stops with only its lease written:
+    releasing it removes the sweep's directory it created, never one that was there or holds files."""
+    new = tmp_path / "ray" / "new"
+    acquire(new).release()
+    assert not new.exists() and (tmp_path / "ray").is_dir()
+    existing = tmp_path / "ray" / "existing"
+    existing.mkdir()
+    acquire(existing).release()
+    assert existing.is_dir()
+    written = tmp_path / "ray" / "written"
+    held = acquire(written)
+    (written / "sweep.json").write_text("{}")
+    held.release()
+    assert (written / "sweep.json").is_file()
