@@ -101,26 +101,13 @@ def children(outcome):
     return client, child_runs(client, outcome.experiment_id, outcome.parent_run_id)
 
 
-def _bytes(paths) -> int:
-    """Bytes of every file under ``paths``, each inode once (hard links share their bytes)."""
-    seen, total = set(), 0
-    for root in paths:
-        root = Path(root)
-        files = [root] if root.is_file() else (root.rglob("*") if root.is_dir() else [])
-        for f in files:
-            if f.is_file() and not f.is_symlink():
-                st = f.stat()
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_size
-    return total
-
-
 def disk_usage(sweep_out: Path) -> dict:
     """What a sweep under ``sweep_out`` (``--out``: ``ray/<sweep>/``, ``mlflow.db``,
     ``mlartifacts/``) left on disk: in all, and per FINISHED trial (its Ray trial directory, its
     run directory and its MLflow artifacts) against its selected weights (``best.pt``)."""
     from mlflow import MlflowClient
+
+    from iclf.sweep.cleanup import trial_bytes
 
     sweep_out = Path(sweep_out)
     client = MlflowClient(f"sqlite:///{sweep_out / 'mlflow.db'}")
@@ -133,14 +120,14 @@ def disk_usage(sweep_out: Path) -> dict:
         trial_dirs = list((sweep_out / "ray").glob(f"*/trial_{tags.get('ray_trial_id')}"))
         artifacts = Path(run.info.artifact_uri.replace("file://", ""))
         best = run_dir / "checkpoint" / "best.pt"
-        total = _bytes([*trial_dirs, run_dir, artifacts])
+        total = trial_bytes([*trial_dirs, run_dir, artifacts])
         weights = best.stat().st_size if best.is_file() else 0
         per_trial.append({"config_key": tags.get("config_key"), "seed": tags.get("seed"),
                           "status": run.info.status, "bytes": total, "best_pt_bytes": weights,
                           "ratio": round(total / weights, 3) if weights else None})
         if weights and run.info.status == "FINISHED":
             ratios.append(total / weights)
-    all_bytes = _bytes([sweep_out])
+    all_bytes = trial_bytes([sweep_out])
     return {"total_bytes": all_bytes, "total_mib": round(all_bytes / 2**20, 1),
             "trials": len(runs), "max_ratio_finished": round(max(ratios), 3) if ratios else None,
             "goal_max_ratio": 1.5, "per_trial": per_trial}

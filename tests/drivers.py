@@ -74,3 +74,15 @@ class Driver:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+
+def resume(args: list[str], log: Path, timeout: float) -> None:
+    """``ARGS --resume`` to its end: it must exit 0 within ``timeout`` seconds and leave no process
+    of its own behind."""
+    driver = Driver([*args, "--resume"], log)
+    try:
+        code = driver.wait(timeout)
+        assert code == 0, f"--resume exited {code}:\n{driver.tail()}"
+    finally:
+        leftover = driver.end_all()
+    assert not leftover, f"processes outlived the resumed driver: {[p.pid for p in leftover]}"

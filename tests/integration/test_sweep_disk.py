@@ -18,7 +18,8 @@ pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 from mlflow import MlflowClient  # noqa: E402
-from test_sweep_resume import Driver, epoch_events, histories  # noqa: E402
+from drivers import Driver, resume  # noqa: E402
+from test_sweep_resume import epoch_events, histories  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,13 +98,7 @@ def test_resume_after_a_finished_trial_released_its_state(tmp_path):
     before = histories(client, first_id)
     results_before = len((first_trial_dir / "result.json").read_text().splitlines())
 
-    second = Driver([*args, "--resume"], tmp_path / "second.log")
-    try:
-        code = second.wait(400)
-        assert code == 0, f"--resume exited {code}:\n{second.tail()}"
-    finally:
-        leftover = second.end_all()
-    assert not leftover, f"processes outlived the resumed driver: {[p.pid for p in leftover]}"
+    resume(args, tmp_path / "second.log", 400)
 
     # Tune restarted the released trial (its saved state had it running): it reported its
     # FINISHED run again, and trained nothing.

@@ -24,7 +24,7 @@ pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 pytest.importorskip("psutil")
 
-from drivers import ROOT, Driver  # noqa: E402
+from drivers import ROOT, Driver, resume  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
@@ -125,13 +125,7 @@ def test_ctrl_c_interrupts_a_second_driver_is_refused_and_resume_finishes(tmp_pa
     best = _iclf("best", str(spec))
     assert best.returncode == 0 and "partial" in best.stdout.splitlines()[0], best.stdout
 
-    second = Driver([*args, "--resume"], tmp_path / "second.log")
-    try:
-        code = second.wait(300)
-        assert code == 0, f"--resume exited {code}:\n{second.tail()}"
-    finally:
-        leftover = second.end_all()
-    assert not leftover
+    resume(args, tmp_path / "second.log", 300)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["iclf.state"] == "finished"

@@ -23,7 +23,7 @@ pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 psutil = pytest.importorskip("psutil")
 
-from drivers import Driver  # noqa: E402
+from drivers import Driver, resume  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
@@ -91,13 +91,7 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     assert finished and running
     assert client.get_run(parent_id).info.status == "RUNNING"  # killed: left open for --resume
 
-    second = Driver([*args, "--resume"], tmp_path / "second.log")
-    try:
-        code = second.wait(300)
-        assert code == 0, f"--resume exited {code}:\n{second.tail()}"
-    finally:
-        leftover = second.end_all()
-    assert not leftover, f"processes outlived the resumed driver: {[p.pid for p in leftover]}"
+    resume(args, tmp_path / "second.log", 300)
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([exp_id])
