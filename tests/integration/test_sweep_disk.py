@@ -20,7 +20,7 @@ psutil = pytest.importorskip("psutil")
 from mlflow import MlflowClient  # noqa: E402
 from drivers import Driver, resume  # noqa: E402
 from test_sweep_resume import epoch_events, histories  # noqa: E402
-from tiny_sweep import write_tiny_spec  # noqa: E402
+from tiny_sweep import sweep_runs, write_tiny_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
@@ -103,10 +103,7 @@ def test_resume_after_a_finished_trial_released_its_state(tmp_path):
     # Tune restarted the released trial (its saved state had it running): it reported its
     # FINISHED run again, and trained nothing.
     assert len((first_trial_dir / "result.json").read_text().splitlines()) > results_before
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([exp_id])
-    parents = [r for r in runs if r.data.tags.get("iclf.role") == "sweep"]
-    kids = [r for r in runs if r.data.tags.get("iclf.role") == "trial"]
+    client, parents, kids = sweep_runs(tmp_path, "released")
     assert [r.info.run_id for r in parents] == [parent_id]
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["trials_finished"] == "2"

@@ -35,20 +35,27 @@ def ray_local():
     ray.shutdown()
 
 
+def once_per_trial(marker_dir: str, trial_id: str, first: str, then: str) -> str | None:
+    """The fault a trial injects, once: ``first`` for the first trial to get here, ``then`` for the
+    others; None when this trial already injected its fault (its retry)."""
+    marker = Path(marker_dir) / trial_id
+    if marker.exists():
+        return None
+    try:
+        os.close(os.open(Path(marker_dir) / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        kind = first
+    except FileExistsError:
+        kind = then
+    marker.write_text(kind)
+    return kind
+
+
 def crash_once(marker_dir: str, epoch: int, trial_id: str) -> None:
     """At epoch 2, once per trial: the first trial there raises, the second exits the process hard.
     Called after MLflow logged the epoch and before Tune got its checkpoint."""
-    if epoch != 2:
+    kind = once_per_trial(marker_dir, trial_id, "raise", "exit") if epoch == 2 else None
+    if kind is None:
         return
-    marker = Path(marker_dir) / trial_id
-    if marker.exists():
-        return
-    try:
-        os.close(os.open(Path(marker_dir) / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        kind = "raise"
-    except FileExistsError:
-        kind = "exit"
-    marker.write_text(kind)
     if kind == "raise":
         raise RuntimeError("injected failure")
     os._exit(1)
@@ -100,17 +107,9 @@ def test_nan_fails_only_its_trial(tmp_path, ray_local, capsys):
 def break_checkpoints(storage: str, marker_dir: str, epoch: int, trial_id: str) -> None:
     """At epoch 3, once per trial, after Tune recorded the checkpoints of epochs 1 and 2: the first
     trial there truncates the newest one's state.pt, the second truncates both; then it fails."""
-    if epoch != 3:
+    kind = once_per_trial(marker_dir, trial_id, "newest", "all") if epoch == 3 else None
+    if kind is None:
         return
-    marker = Path(marker_dir) / trial_id
-    if marker.exists():
-        return
-    try:
-        os.close(os.open(Path(marker_dir) / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        kind = "newest"
-    except FileExistsError:
-        kind = "all"
-    marker.write_text(kind)
     kept = sorted(Path(storage).glob(f"*{trial_id}*/checkpoint_*"))
     assert len(kept) == 2, kept
     for ckpt_dir in kept[-1:] if kind == "newest" else kept:

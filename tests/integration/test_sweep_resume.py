@@ -25,7 +25,7 @@ psutil = pytest.importorskip("psutil")
 
 from drivers import Driver, resume  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
-from tiny_sweep import write_tiny_spec  # noqa: E402
+from tiny_sweep import sweep_runs, write_tiny_spec  # noqa: E402
 
 EPOCHS = 3
 TRIALS = 4  # lora.rank x seeds, two at a time
@@ -93,10 +93,7 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
 
     resume(args, tmp_path / "second.log", 300)
 
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([exp_id])
-    parents = [r for r in runs if r.data.tags.get("iclf.role") == "sweep"]
-    kids = [r for r in runs if r.data.tags.get("iclf.role") == "trial"]
+    client, parents, kids = sweep_runs(tmp_path, "resume")
     assert [r.info.run_id for r in parents] == [parent_id]
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["trials_finished"] == str(TRIALS)
