@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from iclf.data.transforms import load_image, resize_image
-from iclf.files import lock_beside
+from iclf.files import ChunkedWriter, lock_beside
 
 MAGIC = b"ICLFIMC1"
 FORMAT_VERSION = 1
@@ -259,9 +259,10 @@ def build_image_cache(path: str | os.PathLike[str], data: Any, split: str,
 
         with open(tmp, "wb") as f, tqdm(total=len(paths), unit="img", disable=not progress,
                                         desc=f"image cache {data.name} {split}") as bar:
-            f.write(block)
+            out = ChunkedWriter(f)
+            out.write(block)
             for batch in loader:
-                f.write(batch.numpy().tobytes())
+                out.write(batch.numpy())
                 bar.update(len(batch))
             f.flush()
             os.fsync(f.fileno())

@@ -1,12 +1,20 @@
-"""Checkpoints: written atomically, holding tensors and plain data only, loaded with weights_only."""
+"""Checkpoints: written atomically, holding tensors and plain data only, loaded with weights_only.
+
+Every load checks the CRC-32 that ``torch.save`` writes for each record of its zip archive (torch
+itself never checks them): a file damaged after it was written (a write torn by a power loss, a bad
+disk) is refused with a :class:`CheckpointError`, never loaded as other weights.
+"""
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from iclf.files import ChunkedWriter
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
@@ -16,22 +24,50 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+def save_atomic(obj: Any, path: str | Path, *, durable: bool = True) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    ``durable``: flush the file to the disk before the rename, so that after a power loss ``path``
+    holds the old or the new checkpoint whole. Without it a crash of the process still leaves one
+    or the other; a power loss may leave a damaged file, which :func:`load` refuses. Only a file
+    with another copy (a sweep trial's state, which Tune copies into its own checkpoints) skips it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, ChunkedWriter(fh))
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def damage(path: str | Path) -> str | None:
+    """Why the zip records of a checkpoint fail their CRC-32 check, or None when they pass (and for
+    torch's legacy, non-zip format, which carries no checksums)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return f"damaged ({exc})"
+    return f"record {bad!r} fails its CRC-32 check (the file changed after it was written)" \
+        if bad is not None else None
 
 
 def load(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    damaged = damage(path)
+    if damaged is not None:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {damaged}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad checkpoint

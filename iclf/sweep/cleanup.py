@@ -1,8 +1,10 @@
 """Disk bounded per trial: what a finished trial keeps, and when the rest goes.
 
-A trial's resumable state is Ray's copies of its checkpoint directory (``<sweep>/trial_<id>/
-checkpoint_NNNNNN/``, the last ``num_to_keep`` of them) and ``checkpoint/state.pt`` in its run
-directory (``<sweep>/runs/<id>/``). Once the trial's MLflow run is FINISHED nothing can need them:
+A trial's resumable state is ``checkpoint/state.pt`` in its run directory (``<sweep>/runs/<id>/``),
+the snapshots of its two newest epochs beside it (``snapshots/``, :mod:`iclf.sweep.snapshot`) and
+Ray's checkpoints pointing at them (``<sweep>/trial_<id>/checkpoint_NNNNNN/``, the last
+``num_to_keep``; in sweeps started before snapshots, full copies). Once the trial's MLflow run is
+FINISHED nothing can need them:
 
 * Tune never runs a TERMINATED trial again (``--resume`` included);
 * a trial that Tune restarts all the same, because the driver died after the trial finished but
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from iclf.engine.checkpoint import BEST_FILE, STATE_FILE
+from iclf.sweep.snapshot import POINTER_DIR, SNAPSHOTS_DIR
 
 #: The note left in an emptied Ray checkpoint directory of a finished trial.
 RELEASED = "RELEASED.txt"
@@ -80,8 +83,8 @@ def _remove(path: Path) -> int:
 def release_trial(trial_dir: str | Path | None, run_dir: str | Path | None, *,
                   note: str = "", stale_temp_files: bool = False) -> Released:
     """Remove a FINISHED trial's resumable state: the contents of Ray's checkpoint directories
-    under ``trial_dir`` (each left empty but for the :data:`RELEASED` note) and ``state.pt`` in
-    ``run_dir``'s checkpoint directory. ``best.pt``, ``configs.yaml`` and the metrics stay.
+    under ``trial_dir`` (each left empty but for the :data:`RELEASED` note), ``state.pt`` in
+    ``run_dir``'s checkpoint directory and the epoch snapshots. ``best.pt``, ``configs.yaml`` and the metrics stay.
     ``stale_temp_files``: also remove the engine's unfinished atomic writes (``.*.tmp``) there; only
     once no process of the trial can still be writing (after fit)."""
     out = Released()
@@ -101,6 +104,9 @@ def release_trial(trial_dir: str | Path | None, run_dir: str | Path | None, *,
     if run_dir is not None:
         ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
         out.removed += _remove(ckpt_dir / STATE_FILE)
+        # the epoch snapshots Tune's pointers name, and the last pointer (iclf.sweep.snapshot)
+        out.removed += _remove(Path(run_dir) / SNAPSHOTS_DIR)
+        out.removed += _remove(Path(run_dir) / POINTER_DIR)
         if stale_temp_files and ckpt_dir.is_dir():
             for tmp in ckpt_dir.glob(".*.tmp"):
                 out.removed += _remove(tmp)

@@ -55,7 +55,7 @@ from ray import tune
 from iclf.names import (
     CONFIG_KEY_TAG, EPOCH, INTERRUPTED_TAG, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG,
     STATE_TAG, STORAGE_TAG, SWEEP_TAG, best_so_far, better, without_test, worst)
-from iclf.sweep import lease
+from iclf.sweep import lease, snapshot
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
 from iclf.tracking.reporter import MlflowReporter, log_retrieval, log_weights
@@ -193,7 +193,14 @@ class TuneReporter(MlflowReporter):
         report[EPOCH] = int(epoch)
         # no evaluation yet (eval_period > 1): the worst value, never NaN (Tune needs the key)
         report[OBJECTIVE] = self.best if self.best is not None else worst(self.mode)
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        # The epoch's state is persisted once: hard links in <run dir>/snapshots/, and Tune keeps a
+        # pointer to them rather than a copy of every file (iclf.sweep.snapshot).
+        run_dir = Path(checkpoint_dir).parent
+        snap = snapshot.take(checkpoint_dir, run_dir / snapshot.SNAPSHOTS_DIR, epoch)
+        pointer = snapshot.write_pointer(run_dir / snapshot.POINTER_DIR, snap, epoch)
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(pointer)))
+        # Tune has the epoch's pointer: the snapshots of the two newest epochs are all it can need
+        snapshot.prune(run_dir / snapshot.SNAPSHOTS_DIR, int(epoch))
 
 
 def completed_result(client, run, metric: str, mode: str) -> dict[str, Any]:
@@ -250,20 +257,26 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     checkpoint = tune.get_checkpoint()
     resume_from = None
     if checkpoint is not None:
-        resume_from, skipped = resume_point(Path(checkpoint.path))
-        logger.set_tags({"resumed_from": resume_from.name if resume_from else "scratch",
+        found, skipped = resume_point(Path(checkpoint.path),
+                                      cfg.run_dir / snapshot.SNAPSHOTS_DIR)
+        resume_from = found[1] if found else None
+        logger.set_tags({"resumed_from": found[0].name if found else "scratch",
                          **({"skipped_checkpoints": "; ".join(skipped)} if skipped else {})})
     try:
+        # state.pt is not flushed to the disk: what resumes the trial is Tune's copy of it, checked
+        # (CRC-32) when read back, the older copy Tune keeps beside it the fallback (resume_point)
         train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir,
-              progress=False, console=False)
+              progress=False, console=False, durable_state=False)
     finally:
         if system is not None:
             system.stop()
 
 
-def resume_point(latest: Path) -> tuple[Path | None, list[str]]:
+def resume_point(latest: Path, snapshots_dir: Path) -> tuple[tuple[Path, Path] | None, list[str]]:
     """Where a restarted trial resumes: Tune's latest checkpoint if it can be read, else the newest
-    older one Tune kept beside it (``checkpoint_<n>``), else nothing (from scratch). Returns it and
+    older one Tune kept beside it (``checkpoint_<n>``), else nothing (from scratch). A checkpoint is
+    read through its pointer (:func:`iclf.sweep.snapshot.resolve`: the epoch's snapshot under
+    ``snapshots_dir``). Returns (Tune's checkpoint, the directory holding its state) or None, and
     why each newer one was skipped, so a broken file costs epochs, never the trial or its retries."""
     from iclf.engine.checkpoint import unreadable
 
@@ -275,9 +288,11 @@ def resume_point(latest: Path) -> tuple[Path | None, list[str]]:
                     if p.is_dir() and index(p) < index(latest)), key=index, reverse=True)
     skipped = []
     for candidate in [latest, *older]:
-        problem = unreadable(candidate)
+        state_dir = snapshot.resolve(candidate, snapshots_dir)
+        problem = unreadable(state_dir) if state_dir.is_dir() else \
+            f"{state_dir}: its snapshot is gone"
         if problem is None:
-            return candidate, skipped
+            return (candidate, state_dir), skipped
         skipped.append(f"{candidate.name}: {problem}")
     return None, skipped
 

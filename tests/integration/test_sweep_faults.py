@@ -106,14 +106,19 @@ def test_nan_fails_only_its_trial(tmp_path, ray_local, capsys):
 
 def break_checkpoints(storage: str, marker_dir: str, epoch: int, trial_id: str) -> None:
     """At epoch 3, once per trial, after Tune recorded the checkpoints of epochs 1 and 2: the first
-    trial there truncates the newest one's state.pt, the second truncates both; then it fails."""
+    trial there truncates the state.pt of the newest one's epoch snapshot, the second of both; then
+    it fails."""
+    from iclf.sweep import snapshot
+
     kind = once_per_trial(marker_dir, trial_id, "newest", "all") if epoch == 3 else None
     if kind is None:
         return
     kept = sorted(Path(storage).glob(f"*{trial_id}*/checkpoint_*"))
     assert len(kept) == 2, kept
+    snapshots = Path(storage) / "runs" / trial_id / snapshot.SNAPSHOTS_DIR
     for ckpt_dir in kept[-1:] if kind == "newest" else kept:
-        state = ckpt_dir / "state.pt"
+        assert [p.name for p in ckpt_dir.iterdir()] == [snapshot.POINTER_FILE]  # no copy
+        state = snapshot.resolve(ckpt_dir, snapshots) / "state.pt"
         state.write_bytes(state.read_bytes()[:100])  # truncated
     raise RuntimeError("injected failure after breaking checkpoints")
 
