@@ -480,7 +480,8 @@ def final_result(run: Run, state: TrainState, chance: dict[str, dict[str, float]
 def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
           resume_from: str | Path | None = None, run_dir: str | Path | None = None,
           progress: bool | None = None, console: bool = True,
-          until_epoch: int | None = None, durable_state: bool = True) -> TrainResult:
+          until_epoch: int | None = None, durable_state: bool = True,
+          final_state: bool = True) -> TrainResult:
     """Train one configuration; returns the selected checkpoint's validation and test metrics.
 
     ``resume_from`` is a checkpoint directory written by an earlier run of the same config; the run
@@ -489,7 +490,8 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
     checkpoint so far is evaluated on test and ``result.epochs_trained`` says where it stopped.
     ``durable_state=False`` skips flushing each epoch's ``state.pt`` to the disk (about 1 s per
     epoch for the demo's full fine-tuning) when the reporter keeps its own copies of it, as a sweep
-    trial's Tune checkpoints do.
+    trial's Tune checkpoints do. ``final_state=False`` writes no ``state.pt`` after the schedule's
+    last epoch, when nothing is left to resume (a sweep trial's state is removed once it finished).
     """
     if progress is None:
         progress = sys.stderr.isatty()
@@ -513,7 +515,8 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
     result: TrainResult | None = None
     for epoch in range(state.epoch + 1, last + 1):
         metrics = run_epoch(run, state, epoch, progress=progress)
-        save_checkpoint(run, state, durable=durable_state)
+        if final_state or epoch < epochs:
+            save_checkpoint(run, state, durable=durable_state)
         if epoch == last:  # before the last report: Tune may end the process right after it
             result = final_result(run, state, chance)
             reporters.on_result(result)

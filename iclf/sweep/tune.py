@@ -193,6 +193,9 @@ class TuneReporter(MlflowReporter):
         report[EPOCH] = int(epoch)
         # no evaluation yet (eval_period > 1): the worst value, never NaN (Tune needs the key)
         report[OBJECTIVE] = self.best if self.best is not None else worst(self.mode)
+        if self.finished:  # the last epoch: nothing left to resume, no state was written
+            tune.report(report)
+            return
         # The epoch's state is persisted once: hard links in <run dir>/snapshots/, and Tune keeps a
         # pointer to them rather than a copy of every file (iclf.sweep.snapshot).
         run_dir = Path(checkpoint_dir).parent
@@ -263,10 +266,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         logger.set_tags({"resumed_from": found[0].name if found else "scratch",
                          **({"skipped_checkpoints": "; ".join(skipped)} if skipped else {})})
     try:
-        # state.pt is not flushed to the disk: what resumes the trial is Tune's copy of it, checked
-        # (CRC-32) when read back, the older copy Tune keeps beside it the fallback (resume_point)
+        # state.pt is not flushed to the disk (its epoch snapshot is checked, CRC-32, when read
+        # back; the older snapshot is the fallback: resume_point), nor written after the last
+        # epoch (the trial is then complete: only its selected weights stay)
         train(cfg, reporter=reporter, resume_from=resume_from, run_dir=cfg.run_dir,
-              progress=False, console=False, durable_state=False)
+              progress=False, console=False, durable_state=False, final_state=False)
     finally:
         if system is not None:
             system.stop()

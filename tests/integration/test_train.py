@@ -73,6 +73,16 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, data_root):
     assert all(torch.equal(w_full[k], w_res[k]) for k in w_full)
 
 
+def test_a_sweep_trial_writes_no_state_after_its_last_epoch(tmp_path, data_root):
+    """final_state=False (what a sweep trial passes): the state of the epoch before the last stays
+    (the fallback had the last report been lost), none is written once nothing can resume."""
+    result = train(fast_config(tmp_path, data_root), console=False, final_state=False,
+                   durable_state=False)
+    state = torch.load(Path(result.run_dir) / "checkpoint" / "state.pt", weights_only=True)
+    assert state["progress"]["epoch"] == 2 and result.epochs_trained == 3
+    assert (Path(result.run_dir) / "checkpoint" / "best.pt").is_file()
+
+
 def test_nan_loss_stops_with_step_and_components(tmp_path, data_root):
     cfg = fast_config(tmp_path, data_root, "losses.temperature=1e-40")
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step 1 .*itc="):
