@@ -9,10 +9,11 @@ measured time per epoch, taken from
   FINISHED runs whose logged config equals the trial's in every key that can change the time of an
   epoch (all but :data:`NOT_TIMING`), on the same kind of device; their ``device_seconds``
   (training, every evaluation, the final test evaluation) over their epochs, averaged;
-* or ``--measure`` (:func:`measure_epoch_time`): a few timed training steps of the base
-  configuration through the engine (:func:`iclf.engine.trainer.setup`, ``train_step``, data loading
-  included) and the evaluation of a slice of its validation and test splits, scaled to their sizes.
-  Trials without earlier runs of their own are projected from it.
+* or ``--measure`` (:func:`measure_epoch_times`): a few timed training steps of each configuration
+  without earlier runs (for TPE, which draws its configurations while it runs, of the base
+  configuration) through the engine (:func:`iclf.engine.trainer.setup`, ``train_step``, data
+  loading included) and the evaluation of a slice of its validation and test splits, scaled to
+  their sizes.
 
 A trial costs its epochs x the time per epoch (plus the final test evaluations when measured
 apart); the sweep's device-hours are the sum over its trials, the figure ``iclf summary`` reports
@@ -174,11 +175,16 @@ class SweepPlan:
     limited_by: str
     device: str                         # cpu | cuda: the device kind a trial trains on
     times: dict[str, EpochTime] = field(default_factory=dict)  # per config_key, from history
-    base: EpochTime | None = None       # the base configuration's (--measure)
+    measured: dict[str, EpochTime] = field(default_factory=dict)  # per config_key (--measure)
+    base: EpochTime | None = None       # the base configuration's (--measure, TPE)
     history_note: str = ""
 
     def time_of(self, key: str) -> EpochTime | None:
-        return self.times.get(key) or self.base
+        return self.times.get(key) or self.measured.get(key) or self.base
+
+    def origin(self, key: str) -> str:
+        return "earlier runs" if key in self.times else "measured" if key in self.measured \
+            else "base config, measured"
 
     def projection(self) -> Projection:
         spec = self.spec
@@ -199,18 +205,26 @@ class SweepPlan:
         if covered == 0:
             return Projection(None, 0, len(self.trials), note=self._unknown())
         n_hist = sum(1 for t in self.trials if t.key in self.times)
+        n_meas = sum(1 for t in self.trials if t.key not in self.times and t.key in self.measured)
         if n_hist:
             sources.append(f"{n_hist} trials from earlier runs of their configuration")
-        if covered > n_hist:
-            sources.append(f"{covered - n_hist} from the base configuration, {self.base.source}")
-        note = "" if covered == len(self.trials) else "--measure projects the rest from the " \
-                                                      "base configuration"
+        if n_meas:
+            configs = len({t.key for t in self.trials
+                           if t.key not in self.times and t.key in self.measured})
+            sources.append(f"{n_meas} from {configs} configuration{'s' if configs != 1 else ''} "
+                           f"measured here")
+        if covered > n_hist + n_meas:
+            sources.append(f"{covered - n_hist - n_meas} from the base configuration, "
+                           f"{self.base.source}")
+        note = "" if covered == len(self.trials) else "--measure times the configurations " \
+                                                      "without earlier runs"
         return Projection(seconds / 3600, covered, len(self.trials), tuple(sources),
                           upper_bound=asha, note=note)
 
     def _unknown(self) -> str:
+        what = "the base configuration" if not self.trials else "each configuration"
         return (f"{self.history_note or 'no earlier run of these configurations'}; --measure "
-                f"times a few training steps of the base configuration")
+                f"times a few training steps of {what}")
 
     def describe(self) -> list[str]:
         spec = self.spec
@@ -230,8 +244,8 @@ class SweepPlan:
                 cost = ""
                 if et is not None:
                     hours = sum(et.trial_seconds(t.epochs) for t in ts) / 3600
-                    origin = "earlier runs" if key in self.times else "base config, measured"
-                    cost = f"  {et.seconds:.3g} s per epoch ({origin}), {hours:.3g} device-h"
+                    cost = f"  {et.seconds:.3g} s per epoch ({self.origin(key)}), " \
+                           f"{hours:.3g} device-h"
                 lines.append(f"  {key or '(base)':<{width}}  seeds {','.join(str(t.seed) for t in ts)}"
                              f"  {'/'.join(map(str, epochs))} epochs{cost}")
         else:
@@ -300,7 +314,8 @@ def make_plan(spec: AblationSpec, *, machine: Machine | None = None, history: bo
               measure: bool = False, tracking_uri: str | None = None,
               say: Callable[[str], None] | None = None) -> SweepPlan:
     """The plan of ``spec`` on ``machine`` (this one by default), its epoch times from the tracking
-    store's history and, with ``measure``, from timed steps of the base configuration."""
+    store's history and, with ``measure``, from timed steps of each configuration the history does
+    not cover (of the base configuration for TPE)."""
     from iclf.sweep.storage import sweep_paths
 
     machine = machine or Machine.here()
@@ -320,7 +335,12 @@ def make_plan(spec: AblationSpec, *, machine: Machine | None = None, history: bo
         plan.history_note = "tpe draws its configurations while it runs"
     if measure:
         threads = max(1, int(spec.resources.cpu)) if device == "cpu" else None
-        plan.base = measure_epoch_time(base_cfg, threads=threads, say=say)
+        if trials:
+            todo = {t.key: t.params for t in trials if t.key not in plan.times}
+            cfgs = {key: spec.trial_config(params, spec.seeds[0]) for key, params in todo.items()}
+            plan.measured = measure_epoch_times(cfgs, threads=threads, say=say)
+        else:
+            plan.base = measure_epoch_times({"": base_cfg}, threads=threads, say=say)[""]
     return plan
 
 
@@ -465,18 +485,21 @@ def _sandboxed(cfg: ExperimentConfig, tmp: Path, say: Callable[[str], None]) -> 
             data = dataclasses.replace(data, synthetic=None)  # there: read it, no lock taken
         elif not (Path(d.root) / d.dataset).exists():
             data = dataclasses.replace(data, root=str(tmp / "data"))
-            say(f"measure: the synthetic dataset is not built yet: generating it in {tmp}")
+            if not (tmp / "data" / d.dataset / MARKER).is_file():  # not by an earlier config
+                say(f"measure: the synthetic dataset is not built yet: generating it in {tmp}")
     model = m
     if m.build_pretrained and m.pretrained and not Path(m.pretrained).is_file():
         model = dataclasses.replace(m, pretrained=str(tmp / Path(m.pretrained).name))
-        say(f"measure: the tiny backbone is not built yet: pretraining it in {tmp}")
+        if not Path(model.pretrained).is_file():
+            say(f"measure: the tiny backbone is not built yet: pretraining it in {tmp}")
     cache_dir = cache_dir_for(d.image_cache, d.root)
     if cache_dir is not None:
         existing = cache_file(cache_dir, d.dataset, "train", m.image_size)
         if existing.is_file() and data.root == d.root:
             link_dir = tmp / "image-cache"
-            link_dir.mkdir()
-            (link_dir / existing.name).symlink_to(existing)
+            link_dir.mkdir(exist_ok=True)
+            if not (link_dir / existing.name).is_symlink():
+                (link_dir / existing.name).symlink_to(existing)
             data = dataclasses.replace(data, image_cache=str(link_dir))
         else:
             data = dataclasses.replace(data, image_cache="off")
@@ -510,6 +533,23 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
+def measure_epoch_times(cfgs: Mapping[str, ExperimentConfig], *, threads: int | None = None,
+                        steps: int = 8, warmup: int = 2,
+                        say: Callable[[str], None] | None = None) -> dict[str, EpochTime]:
+    """:func:`measure_epoch_time` of every config in ``cfgs`` (by key), one after the other, in one
+    temporary directory: what has to be built first (synthetic data, the tiny backbone) is built
+    once. Removed at the end; nothing is written anywhere else."""
+    say = say or (lambda text: print(f"[iclf] {text}", file=sys.stderr, flush=True))
+    out: dict[str, EpochTime] = {}
+    with tempfile.TemporaryDirectory(prefix="iclf-measure-") as tmp:
+        for i, (key, cfg) in enumerate(cfgs.items()):
+            if len(cfgs) > 1:
+                say(f"measure: configuration {i + 1} of {len(cfgs)}: {key or '(base)'}")
+            out[key] = _measure(cfg, Path(tmp), Path(tmp) / f"run{i}", threads=threads,
+                                steps=steps, warmup=warmup, say=say)
+    return out
+
+
 def measure_epoch_time(cfg: ExperimentConfig, *, threads: int | None = None, steps: int = 8,
                        warmup: int = 2, say: Callable[[str], None] | None = None) -> EpochTime:
     """Time ``steps`` training steps (after ``warmup``) of ``cfg`` through the engine, data loading
@@ -518,17 +558,21 @@ def measure_epoch_time(cfg: ExperimentConfig, *, threads: int | None = None, ste
     final test evaluations (two: the last and the selected weights). Writes only under a temporary
     directory, removed at the end. ``threads``: torch's CPU threads meanwhile (a CPU trial gets
     ``resources.cpu`` of them from Ray)."""
+    return measure_epoch_times({"": cfg}, threads=threads, steps=steps, warmup=warmup, say=say)[""]
+
+
+def _measure(cfg: ExperimentConfig, tmp: Path, run_dir: Path, *, threads: int | None, steps: int,
+             warmup: int, say: Callable[[str], None]) -> EpochTime:
     import gc
 
     import torch
 
     from iclf.engine.trainer import resolve_paths, setup, train_step
 
-    say = say or (lambda text: print(f"[iclf] {text}", file=sys.stderr, flush=True))
-    with tempfile.TemporaryDirectory(prefix="iclf-measure-") as tmp, _torch_threads(threads):
+    with _torch_threads(threads):
         t_setup = time.perf_counter()
-        cfg = _sandboxed(resolve_paths(cfg), Path(tmp), say)
-        run = setup(cfg, run_dir=Path(tmp) / "run", progress=False)
+        cfg = _sandboxed(resolve_paths(cfg), tmp, say)
+        run = setup(cfg, run_dir=run_dir, progress=False)
         say(f"measure: {cfg.name} built in {time.perf_counter() - t_setup:.1f} s on {run.device}; "
             f"timing {warmup} + {steps} training steps")
         run.dataset.set_epoch(1)
@@ -612,6 +656,7 @@ def log_actual(client, experiment_id: str, parent_run_id: str,
 
 
 __all__ = ["SweepPlan", "Machine", "EpochTime", "Projection", "PlannedTrial", "make_plan",
-           "planned_trials", "history_times", "measure_epoch_time", "read_only_client",
+           "planned_trials", "history_times", "measure_epoch_time", "measure_epoch_times",
+           "read_only_client",
            "config_signature", "announce", "log_actual", "NOT_TIMING", "PROJECTED_METRIC",
            "ACTUAL_METRIC", "PROJECTION_TAG"]

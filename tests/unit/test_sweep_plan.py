@@ -138,18 +138,25 @@ def test_projection_from_the_same_configurations_earlier_runs(tmp_path):
     assert config_signature(rank0) != config_signature(rank4)
 
 
-def test_measure_times_the_base_configuration_and_writes_nothing(tmp_path):
+def test_measure_times_each_configuration_and_writes_nothing(tmp_path):
     spec_dir = tmp_path / "spec"
     spec_dir.mkdir()
-    spec = load_spec(write_tiny_spec(spec_dir, "m", "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
+    spec = load_spec(write_tiny_spec(spec_dir, "m", "fusion.depth: {grid: [1, 2]}", seeds=(0, 1),
                                      epochs=3))
     said = []
     plan = make_plan(spec, machine=Machine(cpus=2, gpus=0), measure=True, say=said.append)
-    assert plan.base is not None and plan.base.seconds > 0 and plan.base.once > 0
-    assert plan.base.source.startswith("measured: 8 steps of")
+    assert plan.base is None and set(plan.measured) == {"fusion.depth=1", "fusion.depth=2"}
+    for et in plan.measured.values():
+        assert et.seconds > 0 and et.once > 0 and et.source.startswith("measured: 8 steps of")
     p = plan.projection()
     assert p.complete and p.covered == 4
-    assert p.device_hours == pytest.approx(4 * plan.base.trial_seconds(3) / 3600)
-    assert any("synthetic dataset is not built yet" in s for s in said)
+    assert p.device_hours == pytest.approx(
+        2 * sum(et.trial_seconds(3) for et in plan.measured.values()) / 3600)
+    text = "\n".join(plan.describe())
+    assert "fusion.depth=1  seeds 0,1  3 epochs" in text and "(measured)" in text
+    assert "4 from 2 configurations measured here" in text
+    # data built once for both configurations, in the temporary directory
+    assert sum("synthetic dataset is not built yet" in s for s in said) == 1
+    assert sum(s.startswith("measure: configuration ") for s in said) == 2
     assert _files(spec_dir) == ["m.yaml"]  # no data/, no runs/, no database, no cache
     assert _files(tmp_path) == ["spec", "spec/m.yaml"]
