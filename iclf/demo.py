@@ -23,8 +23,8 @@ DEMO_SPEC = Path(__file__).resolve().parent.parent / "ablations" / "demo.yaml"
 
 DESCRIPTION = """\
 Run the demo sweep on the CPU: synthetic dataset + tiny pretrained backbone + ablations/demo.yaml
-(LoRA rank x fusion depth, 2 seeds), then print the summary, the best configuration and how to open
-the MLflow UI. Everything goes under ./runs (the MLflow database is runs/mlflow.db), the data under
+(retrieval loss ITC or SDM x fusion depth 0 or 1, 3 seeds, 12 trials), then print the summary, the
+best configuration and how to open the MLflow UI. Everything goes under ./runs (the MLflow database is runs/mlflow.db), the data under
 ./data and the backbone under ./.cache. Running it again shows the finished sweep.
 """
 
@@ -68,7 +68,9 @@ def run_demo(args: argparse.Namespace) -> int:
     sweep_dir, uri = paths.sweep_dir, paths.tracking_uri
     state_file = sweep_dir / STATE_FILE
     resume = False
-    spec_arg = _rel(Path(args.spec))
+    # what the printed commands name the sweep by (its directory: the spec's name is not the sweep's
+    # with --smoke)
+    spec_arg = _rel(sweep_dir) if args.smoke else _rel(Path(args.spec))
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         done = _parent_finished(uri, state.get("parent_run_id"))
@@ -102,9 +104,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from iclf.sweep.cli import cmd_best, cmd_summary
 
     print("\n== summary over seeds (iclf summary) ==", flush=True)
-    cmd_summary(argparse.Namespace(sweep=args.spec, tracking_uri=None, out=None, no_log=False))
+    # the sweep that just ran wrote and logged its report: shown as it is, not computed again
+    # by its directory and tracking URI: the spec's name is not the sweep's with --smoke
+    cmd_summary(argparse.Namespace(sweep=str(sweep_dir), tracking_uri=uri, out=None, no_log=False,
+                                   written_by_sweep=not done and bool(outcome.report)))
     print("\n== best configuration (iclf best) ==", flush=True)
-    cmd_best(argparse.Namespace(sweep=args.spec, tracking_uri=None, export=None, json=False))
+    cmd_best(argparse.Namespace(sweep=str(sweep_dir), tracking_uri=uri, export=None, json=False))
     db = _rel(Path(uri[len("sqlite:///"):])) if uri.startswith("sqlite:///") else uri
     print(f"""
 == next ==

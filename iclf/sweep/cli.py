@@ -182,16 +182,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from iclf.tracking.reporter import load_retrieval
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
-    trials, curves = sweep_frames(ref)
     if args.out:
         out = Path(args.out)
     elif ref.storage is not None and ref.storage.parent.is_dir():
         out = ref.storage / "report"
     else:
         out = Path("runs") / "reports" / ref.name
-    write_sweep_report(trials, curves, out, baseline=ref.baseline(), metric=ref.metric,
-                       mode=ref.mode,
-                       retrieval=lambda run_id: load_retrieval(ref.client, run_id))
+    # written_by_sweep: `iclf demo` right after its sweep, whose finalize wrote and logged this
+    # very report: print it as it is
+    if not getattr(args, "written_by_sweep", False):
+        trials, curves = sweep_frames(ref)
+        write_sweep_report(trials, curves, out, baseline=ref.baseline(), metric=ref.metric,
+                           mode=ref.mode,
+                           retrieval=lambda run_id: load_retrieval(ref.client, run_id))
     facts = json.loads((out / "report.json").read_text())
     note = partial_note(sweep_state(ref))
     planned = ref.parent.data.tags.get("trials_planned", "")
@@ -208,7 +211,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
                           for k, v in sorted(importance.items(), key=lambda kv: -(kv[1] or 0)))
         print(f"parameter importance ({ref.metric}): {shown}")
     print(f"report: {out.resolve()}")
-    if not args.no_log:
+    if getattr(args, "written_by_sweep", False):
+        print(f"logged to MLflow run {ref.parent_run_id} (artifacts/report) by the sweep")
+    elif not args.no_log:
         ref.client.log_artifacts(ref.parent_run_id, str(out), "report")
         print(f"logged to MLflow run {ref.parent_run_id} (artifacts/report)")
     return 0
