@@ -34,6 +34,16 @@ def _tune_epoch(run_dir: Path, trial_dir: Path, epoch: int) -> Path:
     return kept
 
 
+def _trial(tmp_path: Path, epochs: int) -> tuple[Path, Path, Path]:
+    """A trial after ``epochs`` epochs: Tune's newest checkpoint, the run's snapshots directory and
+    the trial's Ray directory."""
+    run_dir, trial_dir = tmp_path / "runs" / "t1", tmp_path / "trial_t1"
+    for epoch in range(1, epochs + 1):
+        _engine_epoch(run_dir, epoch)
+        newest = _tune_epoch(run_dir, trial_dir, epoch)
+    return newest, run_dir / snapshot.SNAPSHOTS_DIR, trial_dir
+
+
 def _damage(path: Path) -> None:
     with open(path, "r+b") as fh:  # zeros inside the tensor data, the zip directory intact
         fh.seek(path.stat().st_size // 2)
@@ -60,11 +70,7 @@ def test_snapshots_share_bytes_keep_their_epoch_and_only_the_two_newest_stay(tmp
 
 
 def test_a_damaged_newest_state_falls_back_to_the_older_epoch(tmp_path):
-    run_dir, trial_dir = tmp_path / "runs" / "t1", tmp_path / "trial_t1"
-    for epoch in (1, 2):
-        _engine_epoch(run_dir, epoch)
-        newest = _tune_epoch(run_dir, trial_dir, epoch)
-    snaps = run_dir / snapshot.SNAPSHOTS_DIR
+    newest, snaps, trial_dir = _trial(tmp_path, 2)
     _damage(snaps / "epoch_000002" / ckpt.STATE_FILE)
     found, skipped = resume_point(newest, snaps)
     assert found == (trial_dir / "checkpoint_000000", snaps / "epoch_000001")
@@ -74,11 +80,7 @@ def test_a_damaged_newest_state_falls_back_to_the_older_epoch(tmp_path):
 
 
 def test_a_damaged_best_file_or_a_lost_snapshot_disqualifies_its_checkpoint(tmp_path):
-    run_dir, trial_dir = tmp_path / "runs" / "t1", tmp_path / "trial_t1"
-    for epoch in (1, 2):
-        _engine_epoch(run_dir, epoch)
-        newest = _tune_epoch(run_dir, trial_dir, epoch)
-    snaps = run_dir / snapshot.SNAPSHOTS_DIR
+    newest, snaps, _ = _trial(tmp_path, 2)
     best = snaps / "epoch_000002" / ckpt.BEST_FILE
     data = bytearray(best.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte
