@@ -24,8 +24,9 @@ DEMO_SPEC = Path(__file__).resolve().parent.parent / "ablations" / "demo.yaml"
 DESCRIPTION = """\
 Run the demo sweep on the CPU: synthetic dataset + tiny pretrained backbone + ablations/demo.yaml
 (retrieval loss ITC or SDM x fusion depth 0 or 1, 3 seeds, 12 trials), then print the summary, the
-best configuration and how to open the MLflow UI. Everything goes under ./runs (the MLflow database is runs/mlflow.db), the data under
-./data and the backbone under ./.cache. Running it again shows the finished sweep.
+best configuration and how to open the MLflow UI. Everything goes under ./runs (the MLflow database
+is runs/mlflow.db), the data under ./data and the backbone under ./.cache. Running it again shows
+the finished sweep.
 """
 
 
@@ -104,8 +105,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from iclf.sweep.cli import cmd_best, cmd_summary
 
     print("\n== summary over seeds (iclf summary) ==", flush=True)
-    # the sweep that just ran wrote and logged its report: shown as it is, not computed again
-    # by its directory and tracking URI: the spec's name is not the sweep's with --smoke
+    # The sweep by its directory and tracking URI (the spec's name is not the sweep's with --smoke);
+    # the report the sweep that just ran wrote and logged is shown as it is, not computed again.
     cmd_summary(argparse.Namespace(sweep=str(sweep_dir), tracking_uri=uri, out=None, no_log=False,
                                    written_by_sweep=not done and bool(outcome.report)))
     print("\n== best configuration (iclf best) ==", flush=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import io
+import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 # The most one write() call hands the kernel. On the Linux 6.x machines this project runs on, one
 # write of 2 MiB or more into the page cache ran at about 80 MB/s (allocation of large folios),
@@ -34,6 +36,24 @@ class ChunkedWriter(io.RawIOBase):
 
     def flush(self) -> None:
         self._fh.flush()
+
+
+def write_atomic(path: str | Path, write: Callable[[str], object]) -> Path:
+    """``write(tmp)`` fills a new file beside ``path`` (a dot-name with ``path``'s suffix, for
+    writers that pick a format by it), which is then renamed over
+    ``path``: readers see the old file or the new one whole, and a file hard-linked elsewhere (a
+    sweep's epoch snapshot) is never written in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 @contextmanager

@@ -30,7 +30,8 @@ def save_atomic(obj: Any, path: str | Path, *, durable: bool = True) -> Path:
     ``durable``: flush the file to the disk before the rename, so that after a power loss ``path``
     holds the old or the new checkpoint whole. Without it a crash of the process still leaves one
     or the other; a power loss may leave a damaged file, which :func:`load` refuses. Only a file
-    with another copy (a sweep trial's state, which Tune copies into its own checkpoints) skips it.
+    with a fallback skips it: a sweep trial's state, whose older epoch snapshot a damaged one falls
+    back to (:func:`iclf.sweep.tune.resume_point`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,11 +14,11 @@ draws the same queries for the baseline and the best configuration side by side
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from iclf.files import write_atomic
 
 __all__ = ["retrieval_queries", "retrieval_record", "save_retrieval", "render_grid",
            "render_side_by_side", "GridLayout", "RECORD_FILE", "PICTURE_FILE", "GREEN", "RED",
@@ -68,18 +68,6 @@ def retrieval_record(ranking: Any, eval_set: Any, *, split: str, epoch: int) -> 
             "queries": queries}
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_retrieval(ranking: Any, eval_set: Any, directory: str | Path, *, split: str,
                    epoch: int) -> tuple[Path, Path]:
     """Write ``best_retrieval.json`` and ``best_retrieval.png`` under ``directory`` (atomically,
@@ -87,8 +75,8 @@ def save_retrieval(ranking: Any, eval_set: Any, directory: str | Path, *, split:
     directory = Path(directory)
     record = retrieval_record(ranking, eval_set, split=split, epoch=epoch)
     record_path, picture_path = directory / RECORD_FILE, directory / PICTURE_FILE
-    _write_atomic(record_path, lambda p: Path(p).write_text(json.dumps(record, indent=1)))
-    _write_atomic(picture_path, lambda p: render_grid(record, p))
+    write_atomic(record_path, lambda p: Path(p).write_text(json.dumps(record, indent=1)))
+    write_atomic(picture_path, lambda p: render_grid(record, p))
     return record_path, picture_path
 
 

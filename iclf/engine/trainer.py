@@ -17,7 +17,6 @@ and every result says so.
 from __future__ import annotations
 
 import dataclasses
-import os
 import resource
 import shutil
 import sys
@@ -39,6 +38,7 @@ from iclf.engine.optim import build_optimizer, build_param_groups, build_referen
 from iclf.engine.reporting import ConsoleReporter, JsonlReporter, Reporter, Reporters
 from iclf.engine.schedule import warmup_cosine_factor
 from iclf.engine.seed import get_rng_state, seed_everything, set_rng_state
+from iclf.files import write_atomic
 from iclf.names import EVAL_METRICS, better
 
 
@@ -350,12 +350,10 @@ def restore(run: Run, checkpoint_dir: str | Path) -> TrainState:
             ckpt.save_atomic(ckpt.load(best_file), run.checkpoint_dir / ckpt.BEST_FILE)
         for name in (RECORD_FILE, PICTURE_FILE):  # what the selected checkpoint retrieves
             if (checkpoint_dir / name).is_file():
-                # a new file renamed into place, never written into the old one: it may be a hard
-                # link of a sweep's epoch snapshot (iclf.sweep.snapshot)
-                run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                tmp = run.checkpoint_dir / f".{name}.{os.getpid()}.tmp"
-                shutil.copyfile(checkpoint_dir / name, tmp)
-                os.replace(tmp, run.checkpoint_dir / name)
+                # renamed into place, never written into the old file: it may be a hard link of a
+                # sweep's epoch snapshot (iclf.sweep.snapshot)
+                write_atomic(run.checkpoint_dir / name,
+                             lambda tmp, src=checkpoint_dir / name: shutil.copyfile(src, tmp))
     return TrainState(**saved["progress"])
 
 
@@ -489,8 +487,8 @@ def train(cfg: ExperimentConfig, *, reporter: Reporter | None = None,
     early-stopping scheduler does (the schedule still spans ``training.epochs``): the selected
     checkpoint so far is evaluated on test and ``result.epochs_trained`` says where it stopped.
     ``durable_state=False`` skips flushing each epoch's ``state.pt`` to the disk (about 1 s per
-    epoch for the demo's full fine-tuning) when the reporter keeps its own copies of it, as a sweep
-    trial's Tune checkpoints do. ``final_state=False`` writes no ``state.pt`` after the schedule's
+    epoch for the demo's full fine-tuning) when a damaged one has a fallback, as a sweep trial's
+    older epoch snapshot is (:mod:`iclf.sweep.snapshot`). ``final_state=False`` writes no ``state.pt`` after the schedule's
     last epoch, when nothing is left to resume (a sweep trial's state is removed once it finished).
     """
     if progress is None:

@@ -190,7 +190,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         out = Path("runs") / "reports" / ref.name
     # written_by_sweep: `iclf demo` right after its sweep, whose finalize wrote and logged this
     # very report: print it as it is
-    if not getattr(args, "written_by_sweep", False):
+    written_by_sweep = getattr(args, "written_by_sweep", False)
+    if not written_by_sweep:
         trials, curves = sweep_frames(ref)
         write_sweep_report(trials, curves, out, baseline=ref.baseline(), metric=ref.metric,
                            mode=ref.mode,
@@ -211,7 +212,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
                           for k, v in sorted(importance.items(), key=lambda kv: -(kv[1] or 0)))
         print(f"parameter importance ({ref.metric}): {shown}")
     print(f"report: {out.resolve()}")
-    if getattr(args, "written_by_sweep", False):
+    if written_by_sweep:
         print(f"logged to MLflow run {ref.parent_run_id} (artifacts/report) by the sweep")
     elif not args.no_log:
         ref.client.log_artifacts(ref.parent_run_id, str(out), "report")

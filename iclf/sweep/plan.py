@@ -205,12 +205,12 @@ class SweepPlan:
         if covered == 0:
             return Projection(None, 0, len(self.trials), note=self._unknown())
         n_hist = sum(1 for t in self.trials if t.key in self.times)
-        n_meas = sum(1 for t in self.trials if t.key not in self.times and t.key in self.measured)
+        measured = [t.key for t in self.trials if t.key not in self.times and t.key in self.measured]
+        n_meas = len(measured)
         if n_hist:
             sources.append(f"{n_hist} trials from earlier runs of their configuration")
         if n_meas:
-            configs = len({t.key for t in self.trials
-                           if t.key not in self.times and t.key in self.measured})
+            configs = len(set(measured))
             sources.append(f"{n_meas} from {configs} configuration{'s' if configs != 1 else ''} "
                            f"measured here")
         if covered > n_hist + n_meas:
