@@ -131,12 +131,15 @@ def open_client(uri: str, policy: Any = None):
     if is_server(uri):
         limit_http_retries()
     db = None
+    where = redact(uri)
     if scheme(uri) == "sqlite" and uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a folder should be, no permission, a full disk
+            raise explain(exc, uri) from exc
     from mlflow import MlflowClient
 
-    where = redact(uri)
     try:
         with _schema_lock(db):
             # MlflowClient opens a database store (and creates or migrates its schema) when it is

@@ -32,3 +32,14 @@ def test_concurrent_creation_of_a_fresh_database(tmp_path):
         p.join(180)
     outcomes = [results.get(timeout=5) for _ in range(n)]
     assert outcomes == ["ok"] * n, outcomes
+
+
+def test_a_database_whose_folder_cannot_be_made_is_one_clear_error(tmp_path):
+    from iclf.tracking.errors import TrackingError
+    from iclf.tracking.mlflow import connect
+
+    (tmp_path / "taken").write_text("a file where the database's folder should be\n")
+    uri = f"sqlite:///{tmp_path}/taken/runs/mlflow.db"
+    with pytest.raises(TrackingError, match=r"cannot use the tracking store .*taken/runs/mlflow\.db"
+                                            r".*taken"):
+        connect(uri)
