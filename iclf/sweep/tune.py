@@ -7,7 +7,10 @@ The driver, :func:`run_sweep`, runs in phases:
    pretrained backbone) is built once, before any trial starts, and the dataset fingerprinted;
 3. ``_open_record`` / ``_resume_record``: the sweep's MLflow record (experiment and parent run, see
    :mod:`iclf.tracking.mlflow`) is created, or reopened with ``resume``, and ``sweep.json`` written
-   (:mod:`iclf.sweep.storage`);
+   (:mod:`iclf.sweep.storage`), in a thread while Ray starts (two waits of seconds, side by side;
+   the record's error, if any, is the one raised, and the Ray started is shut down). A ``resume``
+   of a sweep stopped before Tune saved any experiment state starts its trials again
+   (``_restart_trials``);
 4. :func:`build_tuner` + ``fit``: a :class:`ray.tune.Tuner` around :func:`run_trial`, a thin
    trainable that resolves the trial's experiment config and calls :func:`iclf.engine.train` with a
    :class:`TuneReporter`; a driver-side callback (:class:`CloseRuns`) closes each child run:
@@ -42,6 +45,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -436,20 +440,25 @@ def prepare_shared_inputs(spec: AblationSpec) -> str:
     return str(getattr(data, "fingerprint", ""))
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start (or join) Ray; returns whether this call started it (and so should shut it down)."""
+def _init_ray(address: str | None, num_cpus: int | None, *, quiet: bool = False) -> bool:
+    """Start (or join) Ray; returns whether this call started it (and so should shut it down).
+    ``quiet``: the driver's ``ray`` logger at WARNING (iclf's console: no "Started a local Ray
+    instance" line, which could stand before a one-line error of the sweep's record)."""
+    import logging
+
     import ray
 
     if ray.is_initialized():
         return False
+    level = logging.WARNING if quiet else logging.INFO
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, logging_level=level)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # address="local": a new instance even when `ray start` left a cluster's address on this
         # machine (joining it would refuse num_cpus); --address is how to use a cluster.
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                 include_dashboard=False)
+                 include_dashboard=False, logging_level=level)
     return True
 
 
@@ -511,6 +520,35 @@ def _trial_dirname(trial_id: str) -> str:
     return f"trial_{trial_id}"
 
 
+class _Background:
+    """``fn()`` in a thread: :meth:`result` waits for it (Ctrl-C does not cut the wait short; it is
+    remembered in :attr:`interrupted`) and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self.interrupted = False
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="iclf-sweep-setup",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self._error = exc
+
+    def result(self) -> Any:
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except KeyboardInterrupt:
+                self.interrupted = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class _Timings(dict):
     """Seconds per phase of the driver: ``with timings("fit_s"): ...``."""
 
@@ -545,29 +583,49 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
     paths = sweep_paths(spec)
     with _interrupt_on_sigterm(), lease.acquire(paths.sweep_dir, on_lost=_lost_lease):
         state = _check_start(spec, paths, resume)
+        restart = resume and not tune.Tuner.can_restore(str(paths.sweep_dir))
         with timings("prepare_s"):
             fingerprint = prepare_shared_inputs(spec)
-        with timings("mlflow_setup_s"):
-            client = tracking.connect(paths.tracking_uri)
-            record = _resume_record(client, state) if resume else \
-                _open_record(client, spec, paths, fingerprint, address)
-        with timings("plan_s"):
+
+        def open_record():
             from iclf.sweep.plan import announce
 
-            announce(spec, client, record.parent_run_id, resume=resume, plan=plan)
-        ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
-                           experiment_id=record.experiment_id, parent_run_id=record.parent_run_id,
-                           sweep_dir=str(paths.sweep_dir), tags=_child_tags(client, spec, record),
-                           credentials=Credentials.from_env(), epoch_hook=epoch_hook)
+            with timings("mlflow_setup_s"):
+                client = tracking.connect(paths.tracking_uri)
+                record = _resume_record(client, state) if resume else \
+                    _open_record(client, spec, paths, fingerprint, address)
+            with timings("plan_s"):
+                announce(spec, client, record.parent_run_id, resume=resume, plan=plan)
+            return client, record
+
+        # Ray starts while the tracking store opens the sweep's record (a new database creates its
+        # tables): two waits of seconds each, side by side. Whatever happens to one, the other is
+        # waited for before anything else (no record is left half-written behind the lease).
+        opening = _Background(open_record)
+        started_ray = False
         interrupted = False
         try:
-            with timings("ray_init_s"):
-                started_ray = _init_ray(address, num_cpus)
-            _take_sigterm()
             try:
+                try:
+                    with timings("ray_init_s"):
+                        started_ray = _init_ray(address, num_cpus, quiet=verbose < 2)
+                    _take_sigterm()
+                finally:  # the record's error, if any, wins: no trial ran
+                    client, record = opening.result()
+                if opening.interrupted:  # Ctrl-C while the record was being opened
+                    raise KeyboardInterrupt
+                ctx = TrialContext(spec=spec, tracking_uri=record.tracking_uri,
+                                   experiment_id=record.experiment_id,
+                                   parent_run_id=record.parent_run_id,
+                                   sweep_dir=str(paths.sweep_dir),
+                                   tags=_child_tags(client, spec, record),
+                                   credentials=Credentials.from_env(), epoch_hook=epoch_hook)
                 resources = _trial_resources(spec)
+                if restart:
+                    _restart_trials(client, record, paths.sweep_dir)
                 with timings("fit_s"):
-                    build_tuner(spec, ctx, resources, paths, resume=resume, verbose=verbose).fit()
+                    build_tuner(spec, ctx, resources, paths, resume=resume and not restart,
+                                verbose=verbose).fit()
                 # Tune returns early, its trials stopped, when Ctrl-C reached it: the sweep is
                 # complete only when every planned trial ended (MLflow knows; Tune's results call
                 # the stopped trials TERMINATED).
@@ -663,7 +721,9 @@ def _check_start(spec: AblationSpec, paths: SweepPaths, resume: bool) -> dict[st
     state = read_state(paths.sweep_dir)
     sweep_dir = paths.sweep_dir
     if resume:
-        if state is None or not tune.Tuner.can_restore(str(sweep_dir)):
+        # A state without Tune's experiment state: interrupted after its record opened, before
+        # Tune saved anything; --resume starts the trials again (_restart_trials)
+        if state is None:
             raise SweepError(f"nothing to resume at {sweep_dir}: start the sweep without --resume")
         if state.get("spec_hash") != spec.hash:
             raise SweepError(f"{spec.path} (with its overrides) is not the spec the sweep at "
@@ -713,6 +773,24 @@ def _resume_record(client, state: Mapping[str, Any]):
     tracking.resume_sweep(client, record)
     client.set_tag(record.parent_run_id, STATE_TAG, "running")
     return record
+
+
+def _restart_trials(client, record, sweep_dir: Path) -> None:
+    """``--resume`` of a sweep whose driver stopped after its record opened but before Tune saved
+    any experiment state: Tune cannot restore its trials, so all of them start again, under new
+    trial ids. Child runs an earlier driver opened (a trial cut short before that first save) are
+    deleted, and their trial directories removed, so that no trial is counted twice."""
+    from iclf.tracking.mlflow import child_runs
+
+    runs = child_runs(client, record.experiment_id, record.parent_run_id)
+    for run in runs:
+        client.delete_run(run.info.run_id)
+    for path in sweep_dir.glob("trial_*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+    print(f"[iclf] no trial state was saved before the sweep stopped: its trials start again"
+          + (f" (the {len(runs)} child run(s) of the earlier start deleted)" if runs else ""),
+          flush=True)
 
 
 def _child_tags(client, spec: AblationSpec, record) -> dict[str, str]:
