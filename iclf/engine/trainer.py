@@ -364,7 +364,8 @@ def save_checkpoint(run: Run, state: TrainState, *, durable: bool = True) -> Non
                       "optimizer": run.optimizer.state_dict(),
                       "scheduler": run.scheduler.state_dict(), "rng": get_rng_state(),
                       "progress": dataclasses.asdict(state)},
-                     run.checkpoint_dir / ckpt.STATE_FILE, durable=durable)
+                     run.checkpoint_dir / ckpt.STATE_FILE, durable=durable,
+                     reuse=run.checkpoint_dir / ckpt.SPARE_FILE)
 
 
 def train_step(model: torch.nn.Module, objective, optimizer: torch.optim.Optimizer,

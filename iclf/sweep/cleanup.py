@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from iclf.engine.checkpoint import BEST_FILE, STATE_FILE
+from iclf.engine.checkpoint import BEST_FILE, SPARE_FILE, STATE_FILE
 from iclf.sweep.snapshot import POINTER_DIR, SNAPSHOTS_DIR
 
 #: The note left in an emptied Ray checkpoint directory of a finished trial.
@@ -81,12 +81,15 @@ def _remove(path: Path) -> int:
 
 
 def release_trial(trial_dir: str | Path | None, run_dir: str | Path | None, *,
-                  note: str = "", stale_temp_files: bool = False) -> Released:
+                  note: str = "", stale_temp_files: bool = False,
+                  spare_pool: Path | None = None, spare_limit: int = 0) -> Released:
     """Remove a FINISHED trial's resumable state: the contents of Ray's checkpoint directories
     under ``trial_dir`` (each left empty but for the :data:`RELEASED` note), ``state.pt`` in
     ``run_dir``'s checkpoint directory and the epoch snapshots. ``best.pt``, ``configs.yaml`` and the metrics stay.
     ``stale_temp_files``: also remove the engine's unfinished atomic writes (``.*.tmp``) there; only
-    once no process of the trial can still be writing (after fit)."""
+    once no process of the trial can still be writing (after fit). ``spare_pool``: its state files
+    go there first, up to ``spare_limit`` files in the pool, for running trials to overwrite
+    (:mod:`iclf.sweep.spares`)."""
     out = Released()
     if trial_dir is not None and Path(trial_dir).is_dir():
         for ckpt in sorted(Path(trial_dir).glob("checkpoint_*")):
@@ -103,7 +106,14 @@ def release_trial(trial_dir: str | Path | None, run_dir: str | Path | None, *,
                     f"its run directory and its MLflow run.{(' ' + note) if note else ''}\n")
     if run_dir is not None:
         ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+        if spare_pool is not None and spare_limit > 0:
+            from iclf.sweep import spares
+
+            states = [ckpt_dir / STATE_FILE, ckpt_dir / SPARE_FILE,
+                      *sorted((Path(run_dir) / SNAPSHOTS_DIR).glob(f"*/{STATE_FILE}"))]
+            spares.deposit(states, spare_pool, spare_limit)
         out.removed += _remove(ckpt_dir / STATE_FILE)
+        out.removed += _remove(ckpt_dir / SPARE_FILE)  # a pruned state kept to be overwritten
         # the epoch snapshots Tune's pointers name, and the last pointer (iclf.sweep.snapshot)
         out.removed += _remove(Path(run_dir) / SNAPSHOTS_DIR)
         out.removed += _remove(Path(run_dir) / POINTER_DIR)

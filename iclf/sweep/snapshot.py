@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 SNAPSHOTS_DIR = "snapshots"       # inside a run directory
 POINTER_DIR = ".tune-checkpoint"  # inside a run directory: the pointer handed to tune.report
@@ -98,21 +99,38 @@ def resolve(checkpoint: str | Path, snapshots_dir: str | Path) -> Path:
     return Path(snapshots_dir) / name
 
 
-def prune(snapshots_dir: str | Path, newest_epoch: int, keep: int = 2) -> int:
+def prune(snapshots_dir: str | Path, newest_epoch: int, keep: int = 2,
+          recycle: Mapping[str, Path] | None = None) -> int:
     """Remove the snapshots older than the ``keep`` newest epochs up to ``newest_epoch`` (and
-    leftovers of interrupted :func:`take` calls); returns how many went."""
+    leftovers of interrupted :func:`take` calls); returns how many went.
+
+    ``recycle``: ``{file name: destination}``: such a file of a removed snapshot that no other link
+    holds is moved to its destination instead of deleted, for the engine to overwrite with its next
+    write (:func:`iclf.engine.checkpoint.save_atomic`'s ``reuse``)."""
     snapshots_dir = Path(snapshots_dir)
     if not snapshots_dir.is_dir():
         return 0
     removed = 0
-    for item in snapshots_dir.iterdir():
+    for item in sorted(snapshots_dir.iterdir()):
         epoch = snapshot_epoch(item)
         stale_tmp = item.name.startswith(".") and item.name.endswith(".tmp") \
             and not item.name.endswith(f".{os.getpid()}.tmp")
         if (epoch is not None and epoch <= newest_epoch - keep) or stale_tmp:
+            for name, destination in (recycle or {}).items() if epoch is not None else ():
+                _recycle(item / name, Path(destination))
             shutil.rmtree(item, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _recycle(path: Path, destination: Path) -> None:
+    """Move ``path`` to ``destination`` when it is a file with no other link (never a file the run
+    directory or a kept snapshot still shares)."""
+    try:
+        if path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1:
+            os.replace(path, destination)
+    except OSError:  # a spare is an optimisation: without one the engine writes a new file
+        pass
 
 
 __all__ = ["take", "write_pointer", "resolve", "prune", "snapshot_name", "snapshot_epoch",

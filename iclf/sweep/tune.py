@@ -185,6 +185,9 @@ class TuneReporter(MlflowReporter):
         self.finished = True  # the next on_epoch is the trial's last report
 
     def on_epoch(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        from iclf.engine.checkpoint import SPARE_FILE, STATE_FILE
+        from iclf.sweep import spares
+
         super().on_epoch(epoch, metrics, checkpoint_dir)
         if self.finished and self.system_metrics is not None:
             self.system_metrics.stop()  # Tune may end the process right after the last report
@@ -206,8 +209,12 @@ class TuneReporter(MlflowReporter):
         snap = snapshot.take(checkpoint_dir, run_dir / snapshot.SNAPSHOTS_DIR, epoch)
         pointer = snapshot.write_pointer(run_dir / snapshot.POINTER_DIR, snap, epoch)
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(pointer)))
-        # Tune has the epoch's pointer: the snapshots of the two newest epochs are all it can need
-        snapshot.prune(run_dir / snapshot.SNAPSHOTS_DIR, int(epoch))
+        # Tune has the epoch's pointer: the snapshots of the two newest epochs are all it can need.
+        # The state of the one pruned is the next epoch's state file, overwritten in place.
+        spare = Path(checkpoint_dir) / SPARE_FILE
+        snapshot.prune(run_dir / snapshot.SNAPSHOTS_DIR, int(epoch), recycle={STATE_FILE: spare})
+        if not spare.exists():  # none of its own yet: a finished trial's (iclf.sweep.spares)
+            spares.claim(spares.pool_of(run_dir), spare)
 
 
 def completed_result(client, run, metric: str, mode: str) -> dict[str, Any]:
@@ -269,6 +276,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         resume_from = found[1] if found else None
         logger.set_tags({"resumed_from": found[0].name if found else "scratch",
                          **({"skipped_checkpoints": "; ".join(skipped)} if skipped else {})})
+    from iclf.engine.checkpoint import SPARE_FILE
+    from iclf.sweep import spares
+
+    # its first state overwrites a finished trial's (iclf.sweep.spares)
+    spares.claim(spares.pool_of(cfg.run_dir), cfg.run_dir / "checkpoint" / SPARE_FILE)
     try:
         # state.pt is not flushed to the disk (its epoch snapshot is checked, CRC-32, when read
         # back; the older snapshot is the fallback: resume_point), nor written after the last
@@ -312,11 +324,13 @@ class CloseRuns(tune.Callback):
     """Driver-side callback that ends each trial's MLflow run (the trial cannot: Tune ends its
     process after the last report)."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+                 spare_limit: int = 0):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
+        self.spare_limit = spare_limit  # a finished trial's states kept for others (iclf.sweep.spares)
         self._client = None
 
     def __getstate__(self):
@@ -369,13 +383,17 @@ class CloseRuns(tune.Callback):
         """The run is FINISHED: the trial's resumable state goes (:mod:`iclf.sweep.cleanup`); its
         selected weights become one file with their MLflow artifact once that is logged (an
         ASHA-stopped trial's are logged after fit, and shared by ``finalize``)."""
-        from iclf.sweep import cleanup
+        from iclf.sweep import cleanup, spares
 
         try:
             run = self.client.get_run(run_id)
             run_dir = run.data.tags.get(RUN_DIR_TAG)
             trial_dir = Path(trial.path) if trial.path and Path(trial.path).is_dir() else None
-            cleanup.release_trial(trial_dir, run_dir, note=f"MLflow run {run_id}.")
+            # (a callback pickled by a sweep started before spares has no spare_limit)
+            limit = getattr(self, "spare_limit", 0)
+            cleanup.release_trial(trial_dir, run_dir, note=f"MLflow run {run_id}.",
+                                  spare_pool=spares.pool_of(run_dir) if run_dir and limit else None,
+                                  spare_limit=limit)
             cleanup.share_weights(run_dir, cleanup.local_artifact_dir(run.info.artifact_uri))
         except OSError as exc:  # disk use is not a result: say it, go on
             print(f"[iclf] trial {trial.trial_id}: its checkpoints stay on disk ({exc})",
@@ -520,6 +538,27 @@ def _trial_dirname(trial_id: str) -> str:
     return f"trial_{trial_id}"
 
 
+# What finalize needs and the driver has not imported yet (SciPy's statistics, matplotlib; 1.5 s
+# on a 2-core machine): loaded while the trials run, not after them.
+_REPORT_MODULES = ("iclf.sweep.results", "iclf.analysis.report", "iclf.analysis.retrieval",
+                   "iclf.tracking.reporter")
+
+
+def _load_in_background(modules: tuple[str, ...]) -> None:
+    """Import ``modules`` in a daemon thread; an import that fails there is left to fail again,
+    with its traceback, where the module is used."""
+    import importlib
+
+    def load():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - see the docstring
+                return
+
+    threading.Thread(target=load, name="iclf-preload", daemon=True).start()
+
+
 class _Background:
     """``fn()`` in a thread: :meth:`result` waits for it (Ctrl-C does not cut the wait short; it is
     remembered in :attr:`interrupted`) and returns its value or raises its error."""
@@ -623,6 +662,7 @@ def run_sweep(spec: AblationSpec, *, address: str | None = None, resume: bool = 
                 resources = _trial_resources(spec)
                 if restart:
                     _restart_trials(client, record, paths.sweep_dir)
+                _load_in_background(_REPORT_MODULES)
                 with timings("fit_s"):
                     build_tuner(spec, ctx, resources, paths, resume=resume and not restart,
                                 verbose=verbose).fit()
@@ -834,7 +874,9 @@ def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, f
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[CloseRuns(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id,
-                                 spec.max_epochs)],
+                                 spec.max_epochs,
+                                 # two states per running trial: its first epochs' writes
+                                 spare_limit=2 * (spec.max_concurrent_trials or 2))],
             progress_reporter=table, verbose=min(verbose, 2)))
 
 
@@ -861,13 +903,14 @@ def release_finished_trials(client, record, sweep_dir: Path) -> None:
     (:func:`iclf.sweep.cleanup.release_finished`): after fit and the test evaluation of stopped
     trials, no process of theirs is left to write, and nothing can need their states."""
     from iclf.names import TRIAL_TAG
-    from iclf.sweep import cleanup
+    from iclf.sweep import cleanup, spares
     from iclf.tracking.mlflow import child_runs
 
     try:
         runs = child_runs(client, record.experiment_id, record.parent_run_id)
         cleanup.release_finished(runs, lambda trial_id: sweep_dir / _trial_dirname(trial_id),
                                  TRIAL_TAG, RUN_DIR_TAG)
+        spares.clear(sweep_dir / "runs" / spares.POOL_DIR)
     except OSError as exc:  # disk use is not a result: say it, go on
         print(f"[iclf] finished trials' checkpoints stay on disk ({exc})", file=sys.stderr)
 

@@ -210,6 +210,7 @@ def test_finished_trials_keep_only_weights_config_and_metrics(swept):
             "best.pt", "best_retrieval.json", "best_retrieval.png"]  # + its retrieval picture
         assert (run_dir / "configs.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
         assert not (run_dir / "snapshots").exists()  # the epoch snapshots went with the state
+        assert not (run_dir.parent / ".spares").exists()  # the pool of spare states, at the end
         artifacts = local_artifact_dir(run.info.artifact_uri)
         best = run_dir / "checkpoint" / "best.pt"
         assert os.path.samefile(best, artifacts / "checkpoint" / "best.pt")

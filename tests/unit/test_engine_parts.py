@@ -2,6 +2,7 @@
 
 import io
 import math
+import os
 import random
 
 import numpy as np
@@ -111,6 +112,26 @@ def test_checkpoints_are_written_in_pieces_and_byte_identical(tmp_path):
     assert path.read_bytes() == plain.getvalue()
     loaded = ckpt.load(path)
     assert torch.equal(loaded["big"], obj["big"]) and loaded["epoch"] == 2
+
+
+def test_a_spare_file_is_overwritten_in_place_and_cut_to_length(tmp_path):
+    """save_atomic(reuse=spare): the spare (a sweep's pruned state) becomes the new file, the same
+    inode (its cached pages written again), holding exactly what a fresh save holds, even when the
+    spare was longer; without a spare it writes a new file."""
+    obj = {"w": torch.randn(4096), "epoch": 3}
+    fresh = ckpt.save_atomic(obj, tmp_path / "fresh" / "state.pt", durable=False)
+    spare = tmp_path / "c" / ckpt.SPARE_FILE
+    spare.parent.mkdir()
+    spare.write_bytes(os.urandom(fresh.stat().st_size * 3))
+    inode = spare.stat().st_ino
+    path = ckpt.save_atomic(obj, tmp_path / "c" / ckpt.STATE_FILE, durable=False, reuse=spare)
+    assert not spare.exists()
+    assert path.stat().st_ino == inode
+    assert path.read_bytes() == fresh.read_bytes()
+    assert torch.equal(ckpt.load(path)["w"], obj["w"])
+    again = ckpt.save_atomic(obj, path, durable=True, reuse=spare)  # no spare now: a new file
+    assert again.stat().st_ino != inode and again.read_bytes() == fresh.read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == [ckpt.STATE_FILE]
 
 
 def test_rng_state_round_trip(tmp_path):

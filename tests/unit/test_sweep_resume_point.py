@@ -19,7 +19,8 @@ def _engine_epoch(run_dir: Path, epoch: int, best: bool = True) -> None:
     directory = run_dir / "checkpoint"
     ckpt.save_atomic({"model": {"w": torch.full((500, 100), float(epoch))}, "optimizer": {},
                       "scheduler": {}, "rng": {}, "progress": {"epoch": epoch}},
-                     directory / ckpt.STATE_FILE, durable=False)
+                     directory / ckpt.STATE_FILE, durable=False,
+                     reuse=directory / ckpt.SPARE_FILE)
     if best:
         ckpt.save_atomic({"w": torch.full((500, 100), float(epoch))}, directory / ckpt.BEST_FILE)
 
@@ -30,7 +31,8 @@ def _tune_epoch(run_dir: Path, trial_dir: Path, epoch: int) -> Path:
     pointer = snapshot.write_pointer(run_dir / snapshot.POINTER_DIR, snap, epoch)
     kept = trial_dir / f"checkpoint_{epoch - 1:06d}"
     shutil.copytree(pointer, kept)  # Tune's persist_current_checkpoint copies the directory
-    snapshot.prune(run_dir / snapshot.SNAPSHOTS_DIR, epoch)
+    snapshot.prune(run_dir / snapshot.SNAPSHOTS_DIR, epoch,
+                   recycle={ckpt.STATE_FILE: run_dir / "checkpoint" / ckpt.SPARE_FILE})
     return kept
 
 
@@ -67,6 +69,35 @@ def test_snapshots_share_bytes_keep_their_epoch_and_only_the_two_newest_stay(tmp
                             snaps / "epoch_000003" / ckpt.BEST_FILE)  # best.pt unchanged at 3
     found, skipped = resume_point(kept, snaps)
     assert found == (kept, snaps / "epoch_000003") and skipped == []
+
+
+def test_a_pruned_state_is_overwritten_by_a_later_epoch_never_a_kept_one(tmp_path):
+    """The state of a pruned snapshot (no other link) becomes the spare the engine overwrites with
+    the next epoch's state: the same inode serves epochs 1, 4, 7, ...; every kept snapshot still
+    holds its own epoch's state, and a state still linked elsewhere is never recycled."""
+    run_dir, trial_dir = tmp_path / "runs" / "t1", tmp_path / "trial_t1"
+    checkpoint = run_dir / "checkpoint"
+    snaps = run_dir / snapshot.SNAPSHOTS_DIR
+    inodes = {}
+    for epoch in range(1, 8):
+        _engine_epoch(run_dir, epoch, best=epoch % 2 == 1)
+        inodes[epoch] = (checkpoint / ckpt.STATE_FILE).stat().st_ino
+        _tune_epoch(run_dir, trial_dir, epoch)
+        for kept in snaps.iterdir():
+            state = ckpt.load(kept / ckpt.STATE_FILE)
+            assert state["progress"] == {"epoch": snapshot.snapshot_epoch(kept)}
+            assert torch.equal(state["model"]["w"],
+                               torch.full((500, 100), float(state["progress"]["epoch"])))
+        if epoch >= 3:  # epoch-2's snapshot was pruned: its state is the spare
+            assert (checkpoint / ckpt.SPARE_FILE).stat().st_nlink == 1
+    assert inodes[1] == inodes[4] == inodes[7] and inodes[2] == inodes[5]
+    assert len({inodes[1], inodes[2], inodes[3]}) == 3
+    # a pruned snapshot whose state another link still holds: deleted, not recycled
+    (checkpoint / ckpt.SPARE_FILE).unlink()
+    os.link(snaps / "epoch_000006" / ckpt.STATE_FILE, tmp_path / "elsewhere.pt")
+    snapshot.prune(snaps, 8, recycle={ckpt.STATE_FILE: checkpoint / ckpt.SPARE_FILE})
+    assert not (checkpoint / ckpt.SPARE_FILE).exists()
+    assert ckpt.load(tmp_path / "elsewhere.pt")["progress"] == {"epoch": 6}
 
 
 def test_a_damaged_newest_state_falls_back_to_the_older_epoch(tmp_path):
