@@ -26,6 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
+from iclf.sweep import spares
+
 SNAPSHOTS_DIR = "snapshots"       # inside a run directory
 POINTER_DIR = ".tune-checkpoint"  # inside a run directory: the pointer handed to tune.report
 POINTER_FILE = "snapshot.json"    # the only file of the checkpoint Tune keeps
@@ -117,20 +119,10 @@ def prune(snapshots_dir: str | Path, newest_epoch: int, keep: int = 2,
             and not item.name.endswith(f".{os.getpid()}.tmp")
         if (epoch is not None and epoch <= newest_epoch - keep) or stale_tmp:
             for name, destination in (recycle or {}).items() if epoch is not None else ():
-                _recycle(item / name, Path(destination))
+                spares.take_over(item / name, Path(destination))
             shutil.rmtree(item, ignore_errors=True)
             removed += 1
     return removed
-
-
-def _recycle(path: Path, destination: Path) -> None:
-    """Move ``path`` to ``destination`` when it is a file with no other link (never a file the run
-    directory or a kept snapshot still shares)."""
-    try:
-        if path.is_file() and not path.is_symlink() and path.stat().st_nlink == 1:
-            os.replace(path, destination)
-    except OSError:  # a spare is an optimisation: without one the engine writes a new file
-        pass
 
 
 __all__ = ["take", "write_pointer", "resolve", "prune", "snapshot_name", "snapshot_epoch",

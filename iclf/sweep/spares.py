@@ -58,27 +58,32 @@ def deposit(files: Iterable[Path], pool: Path, limit: int) -> int:
     return moved
 
 
-def claim(pool: Path, destination: Path) -> bool:
-    """Move one spare of ``pool`` that no other link holds to ``destination``; False when there is
-    none (the engine then writes a new file)."""
+def take_over(path: Path, destination: Path) -> bool:
+    """Move ``path`` to ``destination`` when it is a file no other link holds (never one a run
+    directory or a kept snapshot still shares); the rename is atomic: of two takers, one gets it.
+    False when it was not moved (a spare is an optimisation: the engine then writes a new file)."""
     try:
-        spares = sorted(pool.glob(PREFIX + "*"))
+        if not path.is_file() or path.is_symlink() or path.stat().st_nlink != 1:
+            return False
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
+        return True
+    except OSError:  # gone meanwhile (another taker), or no room to rename
+        return False
+
+
+def claim(pool: Path, destination: Path) -> bool:
+    """Move one spare of ``pool`` to ``destination`` (:func:`take_over`: not while a snapshot being
+    removed still links it); False when there is none."""
+    try:
+        candidates = sorted(pool.glob(PREFIX + "*"))
     except OSError:
         return False
-    for spare in spares:
-        try:
-            if spare.stat().st_nlink != 1:  # still linked by a snapshot being removed
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(spare, destination)  # atomic: of two claimants, one gets it
-            return True
-        except OSError:
-            continue
-    return False
+    return any(take_over(spare, destination) for spare in candidates)
 
 
 def clear(pool: Path) -> None:
     shutil.rmtree(pool, ignore_errors=True)
 
 
-__all__ = ["pool_of", "deposit", "claim", "clear", "POOL_DIR"]
+__all__ = ["pool_of", "deposit", "claim", "take_over", "clear", "POOL_DIR"]

@@ -244,7 +244,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     trial_id = tctx.get_trial_id()
     params = trial_params(spec, config)
     seed = trial_seed(spec, config)
-    runs_dir = Path(ctx.sweep_dir) / "runs"
+    runs_dir = _runs_dir(ctx.sweep_dir)
     cfg = spec.trial_config(params, seed, name=trial_id, output_dir=str(runs_dir))
     key = config_key(params)
     if ctx.credentials:
@@ -278,9 +278,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                          **({"skipped_checkpoints": "; ".join(skipped)} if skipped else {})})
     from iclf.engine.checkpoint import SPARE_FILE
     from iclf.sweep import spares
+    from iclf.sweep.cleanup import CHECKPOINT_DIR
 
     # its first state overwrites a finished trial's (iclf.sweep.spares)
-    spares.claim(spares.pool_of(cfg.run_dir), cfg.run_dir / "checkpoint" / SPARE_FILE)
+    spares.claim(spares.pool_of(cfg.run_dir), cfg.run_dir / CHECKPOINT_DIR / SPARE_FILE)
     try:
         # state.pt is not flushed to the disk (its epoch snapshot is checked, CRC-32, when read
         # back; the older snapshot is the fallback: resume_point), nor written after the last
@@ -532,6 +533,11 @@ def _trainable(ctx: TrialContext, resources: Mapping[str, float]):
 def _trial_label(trial) -> str:
     """A trial's name in Ray's progress table and its directory name: ``trial_<id>``."""
     return _trial_dirname(trial.trial_id)
+
+
+def _runs_dir(sweep_dir: str | Path) -> Path:
+    """Where the trials' run directories are (and the pool of spare states beside them)."""
+    return Path(sweep_dir) / "runs"
 
 
 def _trial_dirname(trial_id: str) -> str:
@@ -910,7 +916,7 @@ def release_finished_trials(client, record, sweep_dir: Path) -> None:
         runs = child_runs(client, record.experiment_id, record.parent_run_id)
         cleanup.release_finished(runs, lambda trial_id: sweep_dir / _trial_dirname(trial_id),
                                  TRIAL_TAG, RUN_DIR_TAG)
-        spares.clear(sweep_dir / "runs" / spares.POOL_DIR)
+        spares.clear(_runs_dir(sweep_dir) / spares.POOL_DIR)
     except OSError as exc:  # disk use is not a result: say it, go on
         print(f"[iclf] finished trials' checkpoints stay on disk ({exc})", file=sys.stderr)
 
