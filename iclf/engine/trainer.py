@@ -142,13 +142,12 @@ def ensure_backbone_weights(cfg: ExperimentConfig, progress: bool = True) -> Non
 def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
     from iclf.models.iclf import build_iclf_model
 
-    lora = cfg.lora if cfg.lora is not None and cfg.lora.rank > 0 else None
     w = cfg.losses.weights
     model = build_iclf_model(
         backbone_name=cfg.model.backbone, pretrained=cfg.model.pretrained,
         image_size=tuple(cfg.model.image_size), num_classes=num_classes,
         fusion_style=cfg.fusion.style, fusion_depth=cfg.fusion.depth, fusion_heads=cfg.fusion.heads,
-        lora=lora, need_mlm=w.mlm > 0, need_itm=w.itm > 0, need_id=w.id > 0,
+        lora=cfg.lora, need_mlm=w.mlm > 0, need_itm=w.itm > 0, need_id=w.id > 0,
         temp_init=cfg.model.temp_init, pos_interp=cfg.model.pos_interp, stride=cfg.model.stride,
         act=cfg.model.act)
     if cfg.model.init_from is not None:  # a published IRRA/ICLF best.pth, every weight from it

@@ -118,11 +118,18 @@ def _proj_parameters(backbone: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def _token_embedding(backbone: nn.Module) -> nn.Parameter:
+    embedding = getattr(getattr(backbone, "text", None), "token_embedding", None)
+    if not isinstance(embedding, nn.Embedding):
+        raise ValueError("freeze_token_embedding: the backbone has no text.token_embedding")
+    return embedding.weight
+
+
 def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
     """Inject LoRA adapters into ``backbone`` in place; set which parameters train (method.md 1.7).
 
     With ``settings.rank == 0`` nothing is injected and every backbone parameter trains (full
-    fine-tuning). Otherwise the targeted linears get peft LoRA layers (B zero-initialised, so the
+    fine-tuning), but the token embedding with ``freeze_token_embedding``. Otherwise the targeted linears get peft LoRA layers (B zero-initialised, so the
     outputs are unchanged), and the backbone is frozen except the adapters, plus the LayerNorms
     (``train_norms``) and the two output projections (``train_proj``). Returns ``backbone``.
     """
@@ -131,6 +138,8 @@ def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
     if settings.full_finetune:
         for p in backbone.parameters():
             p.requires_grad_(True)
+        if settings.freeze_token_embedding:
+            _token_embedding(backbone).requires_grad_(False)
         return backbone
 
     from peft import LoraConfig, inject_adapter_in_model

@@ -145,6 +145,22 @@ def test_model_act_reaches_the_backbone_and_is_checked(tmp_path, capsys):
     assert len(err) == 1 and "model.act: 'foo' is not one of 'quick_gelu', 'gelu'" in err[0]
 
 
+def test_a_frozen_token_embedding_reaches_the_full_finetuning_model():
+    from iclf.engine.checkpoint import trainable_state_dict
+    from iclf.engine.trainer import build_model
+
+    path = ROOT / "experiments" / "synthetic.yaml"
+    small = ["model.pretrained=null", "model.build_pretrained=false", "model.image_size=[64,32]",
+             "lora.rank=0"]
+    full = build_model(load_config(path, small), num_classes=4)
+    frozen = build_model(load_config(path, [*small, "lora.freeze_token_embedding=true"]),
+                         num_classes=4)
+    assert full.backbone.text.token_embedding.weight.requires_grad
+    assert not frozen.backbone.text.token_embedding.weight.requires_grad
+    assert (set(trainable_state_dict(full)) - set(trainable_state_dict(frozen))
+            == {"backbone.text.token_embedding.weight"})
+
+
 def test_adam_eps_is_a_deliberate_choice_per_preset_and_searched():
     # iclf_release keeps IRRA's 1e-3 (faithful); iclf (LoRA, fp32 masters) uses 1e-8; the joint
     # search space includes eps

@@ -1,5 +1,7 @@
 """LoRA through peft on the tiny backbone (method.md 1.7), checked by invariants."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -152,6 +154,20 @@ def test_rank_zero_is_full_finetuning(base_state):
     assert count_trainable(backbone) == sum(p.numel() for p in backbone.parameters())
     assert adapter_parameters(backbone) == []
     assert expected_lora_params(get_spec("tiny"), LoraSettings(rank=0)) == 0
+
+
+def test_full_finetuning_can_keep_the_token_embedding_frozen(base_state):
+    backbone = apply_lora(_backbone(base_state), LoraSettings(rank=0, freeze_token_embedding=True))
+    embedding = backbone.text.token_embedding.weight
+    assert not embedding.requires_grad
+    assert count_trainable(backbone) == (sum(p.numel() for p in backbone.parameters())
+                                         - embedding.numel())
+    # With LoRA the embedding is frozen either way: the setting changes nothing there.
+    lora = LoraSettings(rank=2, targets={"text": ["q"]})
+    with_lora = apply_lora(_backbone(base_state), lora)
+    frozen = apply_lora(_backbone(base_state), dataclasses.replace(lora, freeze_token_embedding=True))
+    assert count_trainable(frozen) == count_trainable(with_lora)
+    assert not with_lora.text.token_embedding.weight.requires_grad
 
 
 def test_adapter_state_dict_round_trips(base_state, inputs, tmp_path):
