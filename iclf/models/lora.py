@@ -129,9 +129,10 @@ def apply_lora(backbone: nn.Module, settings: LoraSettings) -> nn.Module:
     """Inject LoRA adapters into ``backbone`` in place; set which parameters train (method.md 1.7).
 
     With ``settings.rank == 0`` nothing is injected and every backbone parameter trains (full
-    fine-tuning), but the token embedding with ``freeze_token_embedding``. Otherwise the targeted linears get peft LoRA layers (B zero-initialised, so the
-    outputs are unchanged), and the backbone is frozen except the adapters, plus the LayerNorms
-    (``train_norms``) and the two output projections (``train_proj``). Returns ``backbone``.
+    fine-tuning), but the text token embedding with ``freeze_token_embedding``. Otherwise the
+    targeted linears get peft LoRA layers (B zero-initialised, so the outputs are unchanged), and
+    the backbone is frozen except the adapters, plus the LayerNorms (``train_norms``) and the two
+    output projections (``train_proj``). Returns ``backbone``.
     """
     if _lora_layers(backbone):
         raise ValueError("apply_lora: the backbone already has LoRA adapters")

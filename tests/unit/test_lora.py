@@ -165,7 +165,8 @@ def test_full_finetuning_can_keep_the_token_embedding_frozen(base_state):
     # With LoRA the embedding is frozen either way: the setting changes nothing there.
     lora = LoraSettings(rank=2, targets={"text": ["q"]})
     with_lora = apply_lora(_backbone(base_state), lora)
-    frozen = apply_lora(_backbone(base_state), dataclasses.replace(lora, freeze_token_embedding=True))
+    frozen = apply_lora(_backbone(base_state),
+                        dataclasses.replace(lora, freeze_token_embedding=True))
     assert count_trainable(frozen) == count_trainable(with_lora)
     assert not with_lora.text.token_embedding.weight.requires_grad
 
