@@ -44,6 +44,7 @@ MODE_TAG = "mode"
 STORAGE_TAG = "storage"           # parent run: the sweep's Ray directory
 STATE_TAG = "iclf.state"          # parent run: running | interrupted | finished
 INTERRUPTED_TAG = "interrupted"   # child run: "true" while its trial was cut by an interrupt
+DEVICE_SHARE_TAG = "device_share"  # child run: the share of its GPU a trial held (resources.gpu)
 
 #: MLflow params and DataFrame columns of the swept parameters: ``param.lora.rank``.
 PARAM_PREFIX = "param."
@@ -69,6 +70,17 @@ def is_test_metric(key: str) -> bool:
 def without_test(metrics: Mapping[str, T]) -> dict[str, T]:
     """``metrics`` minus the test ones (what may reach Tune or a per-epoch log)."""
     return {k: v for k, v in metrics.items() if not is_test_metric(k)}
+
+
+def device_share(value: object) -> float:
+    """The share of its device a run held, from its ``device_share`` tag (or a DataFrame cell): a
+    trial at ``resources.gpu: 0.5`` shares its GPU with another, so it costs half its time. No tag
+    (``iclf train``, a CPU trial, an older sweep) or an unreadable one: the whole device."""
+    try:
+        share = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1.0
+    return share if 0.0 < share <= 1.0 else 1.0
 
 
 def better(new: float, old: float | None, mode: Mode) -> bool:

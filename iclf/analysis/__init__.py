@@ -21,6 +21,8 @@ column            type        meaning
                               (e.g. no test evaluation for an early-stopped trial)
 ``trainable_params``  int     parameters with ``requires_grad`` (LoRA cost)
 ``device_seconds``  float     accelerator time the run used (all statuses count as cost)
+``device_share``  float       optional: the share of its GPU the run held (``resources.gpu``);
+                              its cost is ``device_seconds`` x this; missing or NaN: 1
 ================  ==========  ===============================================================
 
 ``curves``: long format, one row per (run, epoch): ``run_id``, ``config_key``, ``epoch``,

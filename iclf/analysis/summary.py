@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from iclf.analysis.stats import mean_std_ci, paired_t_test, welch_t_test
-from iclf.names import PARAM_PREFIX, SUMMARY_METRICS
+from iclf.names import DEVICE_SHARE_TAG, PARAM_PREFIX, SUMMARY_METRICS, device_share
 
 __all__ = [
     "DEFAULT_METRICS",
     "PARAM_PREFIX",
     "SweepSummary",
     "best",
+    "device_hours",
     "finished_trials",
     "param_columns",
     "resolve_baseline",
@@ -62,6 +63,16 @@ def finished_trials(trials: pd.DataFrame) -> pd.DataFrame:
     if len(bad):
         raise ValueError(f"trials: run(s) {list(bad['run_id'])} are FINISHED but have no seed")
     return done
+
+
+def device_hours(trials: pd.DataFrame) -> float:
+    """The device-hours of ``trials``' runs, any status: each run's ``device_seconds`` times the
+    share of its device it held (column ``device_share``: a trial packed at ``resources.gpu: 0.5``
+    costs half its time; missing or NaN: the whole device)."""
+    seconds = trials["device_seconds"].to_numpy(float)
+    if DEVICE_SHARE_TAG in trials.columns:
+        seconds = seconds * np.array([device_share(v) for v in trials[DEVICE_SHARE_TAG]], float)
+    return float(np.nansum(seconds)) / 3600
 
 
 def _is_null(value: Any) -> bool:
@@ -227,8 +238,7 @@ def summarize(
         if "trainable_params" in rows.columns:
             counts = rows["trainable_params"].dropna()
             record["trainable_params"] = int(counts.iloc[0]) if len(counts) else math.nan
-        seconds = np.nansum(everything["device_seconds"].to_numpy(float))
-        record["device_hours"] = float(seconds) / 3600
+        record["device_hours"] = device_hours(everything)
         if base_key is not None:
             record["is_baseline"] = key == base_key
             if key == base_key:
@@ -293,7 +303,7 @@ def summarize_sweep(
         base_key = str(table.loc[table["is_baseline"], "config_key"].iloc[0])
     return SweepSummary(
         table=table,
-        total_device_hours=float(np.nansum(trials["device_seconds"].to_numpy(float))) / 3600,
+        total_device_hours=device_hours(trials),
         baseline_key=base_key,
         primary=primary,
         metrics=tuple(metrics),

@@ -18,6 +18,9 @@ measured time per epoch, taken from
 A trial costs its epochs x the time per epoch (plus the final test evaluations when measured
 apart); the sweep's device-hours are the sum over its trials, the figure ``iclf summary`` reports
 as its cost once it ran. Under ASHA the projection is an upper bound (every trial to the last epoch).
+Trials packed per GPU (``resources.gpu`` 0.5, 0.25) cost their time x that share: the history is
+read at the same share only, and a measurement, which times one trial with the GPU to itself, says
+so.
 
 Nothing here imports Ray or Optuna, and nothing is written: the history is read from a snapshot of
 the SQLite database taken read-only into a temporary directory (a missing database is no history),
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from iclf.config import ExperimentConfig
-from iclf.names import EPOCH, PARAM_PREFIX
+from iclf.names import DEVICE_SHARE_TAG, EPOCH, PARAM_PREFIX, device_share
 from iclf.sweep.spec import AblationSpec, Param, config_key
 
 #: Config keys that do not change how long an epoch takes: which run it is, where it reads and
@@ -179,6 +182,12 @@ class SweepPlan:
     base: EpochTime | None = None       # the base configuration's (--measure, TPE)
     history_note: str = ""
 
+    @property
+    def share(self) -> float:
+        """The share of its GPU a trial holds (``resources.gpu`` below 1: trials packed per GPU);
+        1 for a trial with a GPU to itself or on the CPU. A trial costs its time x this."""
+        return self.gpu if 0 < self.gpu < 1 else 1.0
+
     def time_of(self, key: str) -> EpochTime | None:
         return self.times.get(key) or self.measured.get(key) or self.base
 
@@ -195,7 +204,7 @@ class SweepPlan:
             hours = self.num_trials * self.base.trial_seconds(spec.max_epochs) / 3600
             return Projection(hours, self.num_trials, self.num_trials,
                               (f"every trial at {self.base.seconds:.3g} s per epoch, "
-                               f"{self.base.source}",), upper_bound=asha)
+                               f"{self.base.source}{self._alone()}",), upper_bound=asha)
         seconds, covered, sources = 0.0, 0, []
         for t in self.trials:
             et = self.time_of(t.key)
@@ -212,14 +221,21 @@ class SweepPlan:
         if n_meas:
             configs = len(set(measured))
             sources.append(f"{n_meas} from {configs} configuration{'s' if configs != 1 else ''} "
-                           f"measured here")
+                           f"measured here{self._alone()}")
         if covered > n_hist + n_meas:
             sources.append(f"{covered - n_hist - n_meas} from the base configuration, "
-                           f"{self.base.source}")
+                           f"{self.base.source}{self._alone()}")
         note = "" if covered == len(self.trials) else "--measure times the configurations " \
                                                       "without earlier runs"
         return Projection(seconds / 3600, covered, len(self.trials), tuple(sources),
                           upper_bound=asha, note=note)
+
+    def _alone(self) -> str:
+        """What a measurement cannot know of packed trials: it timed one with the GPU to itself."""
+        if self.share == 1.0:
+            return ""
+        return (f" with the GPU to itself: at {self.gpu:g} GPU per trial they cost less if "
+                f"packing pays, more if it does not")
 
     def _unknown(self) -> str:
         what = "the base configuration" if not self.trials else "each configuration"
@@ -262,13 +278,17 @@ class SweepPlan:
                      f"{self.machine.cpus} CPUs, {self.machine.gpus} GPUs: {self.concurrent} "
                      f"trial{'s' if self.concurrent != 1 else ''} at once (limited by "
                      f"{self.limited_by})")
+        if self.share < 1:
+            lines.append(f"  device seconds: a trial's time x its {self.share:g} GPU (the trials "
+                         f"packed on one GPU share its hours)")
         if self.gpu > 0 and self.machine.gpus == 0:
             lines.append("  this machine has no GPU: the sweep would refuse to start here; run it "
                          "where the GPUs are (--address for a Ray cluster) or set resources.gpu=0")
         p = self.projection()
         lines.append(p.line())
         if p.complete and self.concurrent > 0:
-            lines.append(f"  about {p.device_hours / self.concurrent:.3g} h of wall time here at "
+            wall = p.device_hours / (self.concurrent * self.share)
+            lines.append(f"  about {wall:.3g} h of wall time here at "
                          f"{self.concurrent} at once, if the trials take equally long "
                          f"({self.device} trials)")
         if self.history_note and self.times:
@@ -330,7 +350,7 @@ def make_plan(spec: AblationSpec, *, machine: Machine | None = None, history: bo
                      device=device)
     uri = tracking_uri or sweep_paths(spec).tracking_uri
     if history and trials:
-        plan.times, plan.history_note = history_times(spec, trials, uri, device)
+        plan.times, plan.history_note = history_times(spec, trials, uri, device, plan.share)
     elif history:
         plan.history_note = "tpe draws its configurations while it runs"
     if measure:
@@ -411,10 +431,11 @@ def finished_runs(client) -> list[Any]:
     return out
 
 
-def history_times(spec: AblationSpec, trials: list[PlannedTrial], uri: str,
-                  device: str) -> tuple[dict[str, EpochTime], str]:
+def history_times(spec: AblationSpec, trials: list[PlannedTrial], uri: str, device: str,
+                  share: float = 1.0) -> tuple[dict[str, EpochTime], str]:
     """``{config_key: EpochTime}`` from the FINISHED runs in ``uri`` of the same configurations on
-    the same kind of device, and a note on what was searched."""
+    the same kind of device, held at the same ``share`` of it (trials packed per GPU run slower,
+    and cost their time x their share), and a note on what was searched."""
     from iclf.tracking.store import redact
 
     wanted: dict[Signature, list[str]] = {}  # configurations differing only in NOT_TIMING keys
@@ -439,15 +460,18 @@ def history_times(spec: AblationSpec, trials: list[PlannedTrial], uri: str,
         kind = run.data.tags.get("device", "").split(":")[0]
         if epochs < 1 or not seconds or seconds <= 0 or kind != device:
             continue
+        if abs(device_share(run.data.tags.get(DEVICE_SHARE_TAG)) - share) > 1e-9:
+            continue
         for key in wanted.get(_signature(run.data.params), ()):
-            per_epoch.setdefault(key, []).append(float(seconds) / epochs)
+            per_epoch.setdefault(key, []).append(float(seconds) * share / epochs)
     times = {k: EpochTime(statistics.fmean(v), 0.0, f"mean of {len(v)} earlier "
                                                     f"run{'s' if len(v) != 1 else ''}")
              for k, v in per_epoch.items()}
     found = sum(len(v) for v in per_epoch.values())
-    note = (f"{found} earlier {device} runs of {len(times)} of the {len(seen)} "
+    at = f" at {share:g} {device} per trial" if share != 1.0 else ""
+    note = (f"{found} earlier {device} runs{at} of {len(times)} of the {len(seen)} "
             f"configurations in {redact(uri)}" if times else
-            f"no earlier {device} run of these configurations in {redact(uri)}")
+            f"no earlier {device} run{at} of these configurations in {redact(uri)}")
     return times, note
 
 
@@ -639,11 +663,12 @@ def announce(spec: AblationSpec, client, parent_run_id: str, *, resume: bool,
 def log_actual(client, experiment_id: str, parent_run_id: str,
                say: Callable[[str], None] = print) -> float:
     """At the end of a sweep: the device-hours its trials took (every child run's
-    ``device_seconds``, any status, as ``iclf summary`` counts them), logged to the parent run
-    beside the projection, and printed with it."""
+    ``device_seconds`` x the share of its GPU it held, any status, as ``iclf summary`` counts them),
+    logged to the parent run beside the projection, and printed with it."""
     from iclf.tracking.mlflow import child_runs
 
     seconds = sum(r.data.metrics.get("device_seconds", 0.0)
+                  * device_share(r.data.tags.get(DEVICE_SHARE_TAG))
                   for r in child_runs(client, experiment_id, parent_run_id))
     hours = seconds / 3600
     metrics = client.get_run(parent_run_id).data.metrics

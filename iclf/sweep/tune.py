@@ -57,8 +57,9 @@ from typing import Any, Callable, Mapping
 from ray import tune
 
 from iclf.names import (
-    CONFIG_KEY_TAG, EPOCH, INTERRUPTED_TAG, METRIC_TAG, MODE_TAG, OBJECTIVE, RUN_DIR_TAG, SEED_TAG,
-    STATE_TAG, STORAGE_TAG, SWEEP_TAG, best_so_far, better, without_test, worst)
+    CONFIG_KEY_TAG, DEVICE_SHARE_TAG, EPOCH, INTERRUPTED_TAG, METRIC_TAG, MODE_TAG, OBJECTIVE,
+    RUN_DIR_TAG, SEED_TAG, STATE_TAG, STORAGE_TAG, SWEEP_TAG, best_so_far, better, without_test,
+    worst)
 from iclf.sweep import lease, snapshot
 from iclf.sweep.spec import AblationSpec, Param, config_key, flat_params
 from iclf.sweep.storage import SweepPaths, read_state, sweep_paths, write_state
@@ -262,7 +263,10 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tags={**ctx.tags, CONFIG_KEY_TAG: key, SEED_TAG: seed, "trial_name": tctx.get_trial_name(),
               "node_id": ray.get_runtime_context().get_node_id()})
     logger = RunLogger(client, run_id)
-    logger.set_tags({"node_id": ray.get_runtime_context().get_node_id()})
+    gpu = float(tctx.get_trial_resources().required_resources.get("GPU", 0.0))
+    # the share of its GPU the trial holds: what it costs is its time x this (iclf summary)
+    logger.set_tags({"node_id": ray.get_runtime_context().get_node_id(),
+                     **({DEVICE_SHARE_TAG: f"{gpu:g}"} if gpu > 0 else {})})
     logger.log_params(flat_params(params))
     # CPU/GPU utilisation and memory as system/... metrics of the run (iclf.tracking.system)
     system = SystemMetrics.start(run_id, ctx.tracking_uri)

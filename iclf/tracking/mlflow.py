@@ -31,8 +31,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from iclf.names import (
-    CONFIG_KEY_TAG, CURVE_METRICS, EPOCH, HEADLINE_METRICS, INTERRUPTED_TAG, PARAM_PREFIX,
-    PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG, VAL_METRICS)
+    CONFIG_KEY_TAG, CURVE_METRICS, DEVICE_SHARE_TAG, EPOCH, HEADLINE_METRICS, INTERRUPTED_TAG,
+    PARAM_PREFIX, PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG, VAL_METRICS, device_share)
 from iclf.tracking.uri import sqlite_path
 
 MAX_BATCH = 100                   # MLflow accepts at most 100 params or tags per log_batch
@@ -325,9 +325,10 @@ def load_sweep_frames(tracking_uri: str, parent_run_id: str | None = None, *,
 
     ``trials``: one row per child run: ``run_id``, ``config_key``, ``param.<dotted>``, ``seed``,
     ``status``, ``val/R1 .. val/mINP`` (the selected epoch's), ``test/R1``, ``test/mAP``,
-    ``test/mINP``, ``trainable_params``, ``device_seconds``, plus ``stopped_early`` and
-    ``epochs``. ``curves``: one row per (run, epoch): ``run_id``, ``config_key``, ``epoch``,
-    ``val/R1``, ``val/mAP``, ``val/mINP``. Pass the parent run id, or the sweep name.
+    ``test/mINP``, ``trainable_params``, ``device_seconds``, ``device_share`` (of its GPU; 1 without
+    the tag), plus ``stopped_early`` and ``epochs``. ``curves``: one row per (run, epoch):
+    ``run_id``, ``config_key``, ``epoch``, ``val/R1``, ``val/mAP``, ``val/mINP``. Pass the parent
+    run id, or the sweep name.
     """
     import pandas as pd
 
@@ -358,6 +359,7 @@ def load_sweep_frames(tracking_uri: str, parent_run_id: str | None = None, *,
         row["trainable_params"] = int(metrics["trainable_params"]) if "trainable_params" in metrics \
             else None
         row["device_seconds"] = metrics.get("device_seconds", math.nan)
+        row[DEVICE_SHARE_TAG] = device_share(tags.get(DEVICE_SHARE_TAG))
         row["stopped_early"] = tags.get("stopped_early") == "true"
         row["epochs"] = int(metrics.get(EPOCH, 0))
         rows.append(row)

@@ -86,3 +86,31 @@ def test_gpu_fraction_reaches_the_trial_resources(tmp_path, ray_with_one_gpu, gp
 
         for g in groups:
             remove_placement_group(g)
+
+
+def test_a_packed_trial_records_its_share_and_costs_it(tmp_path, ray_with_one_gpu):
+    """Two trials at 0.5 GPU share the declared GPU (they train on the CPU here): each child run
+    is tagged ``device_share=0.5``, and the sweep's device-hours (the parent run's, the summary's)
+    count each trial's time x 0.5."""
+    from mlflow import MlflowClient
+
+    from iclf.analysis.summary import summarize_sweep
+    from iclf.cli import main
+    from iclf.tracking.mlflow import load_sweep_frames
+
+    spec = write_tiny_spec(tmp_path, "packed", "lora.rank: {grid: [0, 4]}", epochs=1,
+                           extra="baseline: {lora.rank: 0}\n")
+    assert main(["sweep", str(spec), "--quiet", "resources={cpu: 1, gpu: 0.5}"]) == 0
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.`iclf.role` = 'sweep'")[0]
+    kids = client.search_runs([parent.info.experiment_id], "tags.`iclf.role` = 'trial'")
+    assert len(kids) == 2 and {k.data.tags.get("device_share") for k in kids} == {"0.5"}
+    seconds = sum(k.data.metrics["device_seconds"] for k in kids)
+    assert seconds > 0
+    assert parent.data.metrics["device_hours"] == pytest.approx(0.5 * seconds / 3600)
+    trials, _ = load_sweep_frames(uri, parent.info.run_id)
+    assert list(trials["device_share"]) == [0.5, 0.5]
+    summary = summarize_sweep(trials, metrics=["val/R1"], baseline="lora.rank=0")
+    assert summary.total_device_hours == pytest.approx(0.5 * seconds / 3600)

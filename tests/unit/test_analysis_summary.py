@@ -165,3 +165,18 @@ def test_best_follows_the_mode():
     assert best(summary, "min") != best(summary, "max")
     with pytest.raises(ValueError, match="max or min"):
         best(summary, "lowest")
+
+
+def test_a_trial_packed_on_a_shared_gpu_costs_its_share_of_the_device_hours(trials):
+    """Two trials at ``resources.gpu: 0.5`` share one GPU for their whole length: what they cost
+    is one device's time, not two. Runs without a share (``iclf train``, older sweeps) count whole."""
+    packed = trials.copy()
+    packed["device_share"] = 1.0
+    packed.loc[packed["config_key"] == "lora.rank=0", "device_share"] = 0.5
+    summary = summarize_sweep(packed, metrics=METRICS, baseline="lora.rank=0")
+    assert _row(summary.table, "lora.rank=0")["device_hours"] == pytest.approx(2.0)
+    assert _row(summary.table, "lora.rank=8")["device_hours"] == pytest.approx(4.0)
+    assert summary.total_device_hours == pytest.approx(len(trials) - 2.0)
+    packed.loc[packed["config_key"] == "lora.rank=8", "device_share"] = math.nan  # no tag: whole
+    again = summarize_sweep(packed, metrics=METRICS, baseline="lora.rank=0")
+    assert _row(again.table, "lora.rank=8")["device_hours"] == pytest.approx(4.0)

@@ -77,9 +77,11 @@ def test_concurrency_here_from_cpus_gpus_and_the_spec(tmp_path):
     assert "this machine has no GPU: the sweep would refuse to start here" in text
 
 
-def _log_run(client, exp, cfg, *, device="cpu", epochs=2, seconds=10.0, status="FINISHED"):
+def _log_run(client, exp, cfg, *, device="cpu", epochs=2, seconds=10.0, status="FINISHED",
+             share=None, parent=None):
     """A run as the engine's MLflow reporter leaves it: the resolved config as params (under
-    another name and output directory), epoch and device_seconds, the device tag."""
+    another name and output directory), epoch and device_seconds, the device tag; a sweep's
+    trial also carries the share of its device it held."""
     import dataclasses
 
     from iclf.config import flatten, to_dict
@@ -87,7 +89,12 @@ def _log_run(client, exp, cfg, *, device="cpu", epochs=2, seconds=10.0, status="
     from iclf.tracking.mlflow import string_params
 
     cfg = dataclasses.replace(cfg, name="trial_x", output_dir="/elsewhere/runs")
-    run = client.create_run(exp, tags={"device": device})
+    tags = {"device": device}
+    if share is not None:
+        tags["device_share"] = str(share)
+    if parent is not None:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp, tags=tags)
     rid = run.info.run_id
     params = string_params(flatten(to_dict(resolve_paths(cfg))))
     from mlflow.entities import Metric, Param
@@ -160,3 +167,41 @@ def test_measure_times_each_configuration_and_writes_nothing(tmp_path):
     assert sum(s.startswith("measure: configuration ") for s in said) == 2
     assert _files(spec_dir) == ["m.yaml"]  # no data/, no runs/, no database, no cache
     assert _files(tmp_path) == ["spec", "spec/m.yaml"]
+
+
+def test_packed_trials_cost_their_share_of_the_gpu(tmp_path, capsys):
+    """At ``resources.gpu: 0.5`` two trials share each GPU: a trial costs its time x 0.5. The
+    history is read at that share only (a trial's time depends on what shares the card with it),
+    the wall time here follows from the GPUs the trials fill, and the actual device-hours logged
+    at the end weight each trial by its share."""
+    from mlflow import MlflowClient
+
+    from iclf.sweep.plan import log_actual
+
+    path = write_tiny_spec(tmp_path, "g", "lora.rank: {grid: [0, 4]}", seeds=(0, 1), epochs=3)
+    spec = load_spec(path, ["resources={cpu: 1, gpu: 0.5}", "max_concurrent_trials=null"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.create_experiment("earlier")
+    for key in (0, 4):
+        cfg = spec.trial_config({"lora.rank": key}, 0)
+        _log_run(client, exp, cfg, device="cuda:0", epochs=2, seconds=8.0, share=0.5)
+        _log_run(client, exp, cfg, device="cuda:0", epochs=2, seconds=2.0)  # alone on a GPU
+        _log_run(client, exp, cfg, device="cuda:0", epochs=2, seconds=2.0, share=0.25)
+    plan = make_plan(spec, machine=Machine(cpus=16, gpus=2))
+    assert (plan.concurrent, plan.limited_by) == (4, "GPUs")
+    assert {k: t.seconds for k, t in plan.times.items()} == {"lora.rank=0": 2.0,
+                                                             "lora.rank=4": 2.0}  # 8 s x 0.5 / 2
+    p = plan.projection()
+    assert p.complete and p.device_hours == pytest.approx(4 * 3 * 2.0 / 3600)
+    text = "\n".join(plan.describe())
+    # 4 trials of 3 epochs x 4 s of wall time each, side by side on 2 GPUs
+    assert f"about {3 * 4.0 / 3600:.3g} h of wall time here at 4 at once" in text
+    assert "device seconds: a trial's time x its 0.5 GPU" in text
+
+    parent = client.create_run(exp).info.run_id
+    cfg = spec.trial_config({"lora.rank": 0}, 0)
+    _log_run(client, exp, cfg, device="cuda:0", seconds=3600.0, share=0.5, parent=parent)
+    _log_run(client, exp, cfg, device="cuda:0", seconds=3600.0, share=0.5, parent=parent)
+    _log_run(client, exp, cfg, device="cpu", seconds=1800.0, parent=parent)  # no share: whole
+    assert log_actual(client, exp, parent, say=lambda s: None) == pytest.approx(1.5)
+    assert client.get_run(parent).data.metrics["device_hours"] == pytest.approx(1.5)
