@@ -1,6 +1,6 @@
 """Benchmark: what a sweep costs beyond its trials' training, and what ASHA saves over FIFO.
 
-Prints one JSON object with two parts (``--part`` picks one).
+Prints one JSON object with two parts (``--part`` picks one), or a third on request.
 
 * ``overhead``: runs the demo sweep (``ablations/demo.yaml``; ``--smoke`` for its smoke block)
   with :func:`iclf.sweep.tune.run_sweep` and compares its wall time with the trials' own training
@@ -28,10 +28,16 @@ root), built once and reused. ``--quick`` shrinks everything to check that the s
 backbone without pretraining, 16 identities at 64x32, two steps per epoch; the overhead part on the
 smoke block; a 3-configuration, 1-seed, 3-epoch space for ASHA vs FIFO): its figures mean nothing.
 
+* ``projection`` (only with ``--part projection``): the demo's plan with ``--measure`` and no
+  history (:func:`iclf.sweep.plan.make_plan`: a few timed steps and a slice of the evaluation of
+  each configuration, one process alone), then the demo sweep itself; per configuration and in all,
+  the projected device seconds of its trials against what they took (``device_seconds`` x
+  ``device_share``, as the parent run's ``device_hours`` counts them), and the ratio.
+
 ``--disk DIR`` only reports :func:`disk_usage` of a sweep an earlier ``--out DIR`` kept (any
 version of the code: it reads the files and the MLflow database, nothing else).
 
-Usage: python bench/sweep_overhead.py [--part overhead|asha|both] [--quick] [--smoke]
+Usage: python bench/sweep_overhead.py [--part overhead|asha|both|projection] [--quick] [--smoke]
        [--epochs 8] [--grace-period 1] [--reduction-factor 2] [--num-cpus N] [--out DIR]
        [key=value ...]       (spec or experiment overrides applied to every sweep)
        python bench/sweep_overhead.py --disk DIR
@@ -168,6 +174,39 @@ def overhead_part(args, overrides: dict, out: Path) -> dict:
     }
 
 
+def projection_part(args, overrides: dict, out: Path) -> dict:
+    from iclf.names import DEVICE_SHARE_TAG, device_share
+    from iclf.sweep.plan import make_plan
+
+    spec = load(DEMO, overrides, out / "projection", smoke=args.smoke or args.quick)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        plan = make_plan(spec, history=False, measure=True,
+                         say=lambda text: print(f"[bench] {text}", file=sys.stderr, flush=True))
+    measure_s = time.perf_counter() - t0
+    projected: dict[str, float] = {}
+    for t in plan.trials:
+        et = plan.time_of(t.key)
+        projected[t.key] = projected.get(t.key, 0.0) + et.trial_seconds(t.epochs)
+    outcome, wall = sweep(spec, args.num_cpus)
+    _, runs = children(outcome)
+    actual: dict[str, float] = {}
+    for r in runs:
+        key = r.data.tags.get("config_key", "")
+        actual[key] = actual.get(key, 0.0) + (r.data.metrics.get("device_seconds", 0.0)
+                                              * device_share(r.data.tags.get(DEVICE_SHARE_TAG)))
+    configs = [{"config_key": k, "projected_s": round(v, 2), "actual_s": round(actual.get(k, 0), 2),
+                "ratio": round(v / actual[k], 3) if actual.get(k) else None}
+               for k, v in projected.items()]
+    total_p, total_a = sum(projected.values()), sum(actual.values())
+    return {"spec": str(spec.path), "sweep": spec.sweep_name, "smoke": spec.smoke,
+            "trials": outcome.trials, "finished": outcome.finished, "measure_s": round(measure_s, 2),
+            "sweep_wall_s": round(wall, 2), "projection": plan.projection().line(),
+            "projected_device_hours": round(total_p / 3600, 4),
+            "actual_device_hours": round(total_a / 3600, 4),
+            "ratio": round(total_p / total_a, 3) if total_a else None, "configurations": configs}
+
+
 def scheduler_run(args, overrides: dict, out: Path, name: str) -> dict:
     over = dict(overrides)
     over["training.epochs"] = args.epochs
@@ -215,7 +254,8 @@ def asha_part(args, overrides: dict, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("overhead", "asha", "both"), default="both")
+    parser.add_argument("--part", choices=("overhead", "asha", "both", "projection"),
+                        default="both", help="both: overhead and asha; projection: on request")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script only")
     parser.add_argument("--smoke", action="store_true", help="overhead part on the smoke block")
     parser.add_argument("--epochs", type=int, default=None,
@@ -263,6 +303,8 @@ def main() -> None:
     try:
         if args.part in ("overhead", "both"):
             result["overhead"] = overhead_part(args, overrides, out)
+        if args.part == "projection":
+            result["projection"] = projection_part(args, overrides, out)
         if args.part in ("asha", "both"):
             asha_over = dict(overrides)
             if args.quick:
