@@ -2,6 +2,7 @@
 and clean up after: it runs in its own process group with a local Ray instance whose processes are
 its descendants, and every descendant seen while it ran is remembered so that none outlives a test."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,3 +88,24 @@ def resume(args: list[str], log: Path, timeout: float) -> None:
     finally:
         leftover = driver.end_all()
     assert not leftover, f"processes outlived the resumed driver: {[p.pid for p in leftover]}"
+
+
+def wait_for_runs(driver: Driver, tmp: Path, name: str, ready, what: str, timeout: float = 240):
+    """Poll the sweep's MLflow runs until ``ready(kids)``; returns ``(client, exp_id, parent_id)``."""
+    from mlflow import MlflowClient
+
+    state = tmp / "ray" / name / "sweep.json"
+    client = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert driver.wait(0.3) is None, f"the sweep ended before {what}:\n{driver.tail()}"
+        if client is None:
+            if not state.is_file():
+                continue
+            parent_id = json.loads(state.read_text())["parent_run_id"]
+            client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+            exp_id = client.get_run(parent_id).info.experiment_id
+        kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        if ready(kids):
+            return client, exp_id, parent_id
+    pytest.fail(f"no {what} within {timeout} s:\n{driver.tail()}")

@@ -116,19 +116,26 @@ def _suggest(param: Param, trial: Any, name: str) -> Any:
                                log=param.kind == "loguniform")
 
 
-def define_by_run(spec: AblationSpec):
+class DefineByRun:
     """The spec's space as an Optuna define-by-run function: each active parameter suggested in
-    order, named as Tune flattens it (``params/<key>``); with one seed it also returns the seed."""
-    constant = {"seed": spec.seeds[0]} if len(spec.seeds) == 1 else None
+    order, named as Tune flattens it (``params/<key>``); with one seed it also returns the seed.
 
-    def define(trial: Any) -> dict[str, Any] | None:
+    A class, not a closure: Tune pickles the searcher, this function with it, into the experiment
+    state it saves every few seconds, and restores it from there on ``--resume``."""
+
+    def __init__(self, spec: AblationSpec):
+        self.spec = spec
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
         chosen: dict[str, Any] = {}
-        for p in spec.space:
+        for p in self.spec.space:
             if p.active(chosen):
                 chosen[p.key] = _suggest(p, trial, f"{PARAMS}/{p.key}")
-        return dict(constant) if constant else None
+        return {"seed": self.spec.seeds[0]} if len(self.spec.seeds) == 1 else None
 
-    return define
+
+def define_by_run(spec: AblationSpec) -> DefineByRun:
+    return DefineByRun(spec)
 
 
 def trial_params(spec: AblationSpec, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -516,8 +523,10 @@ def _tuner_parts(spec: AblationSpec):
         from ray.tune.search import Repeater
         from ray.tune.search.optuna import OptunaSearch
 
-        search = OptunaSearch(space=define_by_run(spec), seed=spec.search.seed,
-                              study_name=spec.sweep_name)
+        # metric and mode here, not only in TuneConfig: Tune hands them to a searcher only with a
+        # param_space, and this space is the searcher's own (define-by-run)
+        search = OptunaSearch(space=define_by_run(spec), metric=OBJECTIVE, mode=spec.mode,
+                              seed=spec.search.seed, study_name=spec.sweep_name)
         if len(spec.seeds) > 1:
             search = Repeater(search, repeat=len(spec.seeds), set_index=True)
         return None, search, scheduler, spec.num_samples * len(spec.seeds)

@@ -9,14 +9,11 @@ and `iclf best` say the result is partial. ``--resume`` then finishes every tria
 SIGTERM before any trial finished is an interrupt as well.
 """
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -24,32 +21,13 @@ pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 pytest.importorskip("psutil")
 
-from drivers import ROOT, Driver, resume  # noqa: E402
+from drivers import ROOT, Driver, resume, wait_for_runs  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from tiny_sweep import write_tiny_spec  # noqa: E402
 
 EPOCHS = 3
 TRIALS = 4
 LONG = 10  # epochs: the second drivers take seconds to start, the trials must outlast them
-
-
-def _wait_for(driver: Driver, tmp: Path, name: str, ready, what: str, timeout: float = 240):
-    """Poll the sweep's MLflow runs until ``ready(kids)``; returns ``(client, exp_id, parent_id)``."""
-    state = tmp / "ray" / name / "sweep.json"
-    client = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert driver.wait(0.3) is None, f"the sweep ended before {what}:\n{driver.tail()}"
-        if client is None:
-            if not state.is_file():
-                continue
-            parent_id = json.loads(state.read_text())["parent_run_id"]
-            client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-            exp_id = client.get_run(parent_id).info.experiment_id
-        kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-        if ready(kids):
-            return client, exp_id, parent_id
-    pytest.fail(f"no {what} within {timeout} s:\n{driver.tail()}")
 
 
 def _iclf(*args: str) -> subprocess.CompletedProcess:
@@ -73,7 +51,7 @@ def test_ctrl_c_interrupts_a_second_driver_is_refused_and_resume_finishes(tmp_pa
     args = [str(spec), "--quiet", "--num-cpus", "2"]
     first = Driver(args, tmp_path / "first.log")
     try:
-        client, exp_id, parent_id = _wait_for(
+        client, exp_id, parent_id = wait_for_runs(
             first, tmp_path, "intr", lambda kids: any(r.info.status == "RUNNING" for r in kids),
             "running trial")
         # One driver per sweep: a second one is refused, with or without --resume, naming the holder.
@@ -85,7 +63,7 @@ def test_ctrl_c_interrupts_a_second_driver_is_refused_and_resume_finishes(tmp_pa
             assert len(lines) == 1 and "is held by" in lines[0] and f"pid {first.proc.pid}" in \
                 lines[0], err
             assert "Traceback" not in err
-        _wait_for(first, tmp_path, "intr",
+        wait_for_runs(first, tmp_path, "intr",
                   lambda kids: any(r.info.status == "FINISHED" for r in kids)
                   and any(r.info.status == "RUNNING" for r in kids),
                   "trial finished while another ran")
@@ -149,7 +127,7 @@ def test_sigterm_before_any_trial_finished_is_an_interrupt(tmp_path):
                            epochs=EPOCHS)
     first = Driver([str(spec), "--quiet", "--num-cpus", "2"], tmp_path / "first.log")
     try:
-        client, exp_id, parent_id = _wait_for(
+        client, exp_id, parent_id = wait_for_runs(
             first, tmp_path, "term", lambda kids: any(r.info.status == "RUNNING" for r in kids),
             "running trial")
         first.proc.send_signal(signal.SIGTERM)
