@@ -876,6 +876,10 @@ def build_tuner(spec: AblationSpec, ctx: TrialContext, resources: Mapping[str, f
     table = TrialTable(spec.param_keys, spec.metric, spec.mode, spec.max_epochs,
                        params_of=lambda config: trial_params(spec, config),
                        seed_of=lambda config: trial_seed(spec, config)) if verbose == 1 else None
+    if spec.search.algorithm == "tpe" and verbose < 2:
+        import optuna  # "A new study created in memory" (OptunaSearch's start) with --verbose only
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     space, search, scheduler, num_samples = _tuner_parts(spec)
     return tune.Tuner(
         trainable, param_space=space,

@@ -68,10 +68,20 @@ def test_tpe_with_asha_draws_from_the_space_and_stops_trials_early(tmp_path, ray
 
 
 def test_tpe_with_seeds_repeats_each_drawn_configuration(tmp_path, ray_local):
+    import logging
+
     spec = write_tiny_spec(tmp_path, "tpe_seeds", SPACE, seeds=(0, 1), epochs=1, extra=(
         "search: {algorithm: tpe, seed: 0}\n"
         "num_samples: 2\n"))
-    assert main(["sweep", str(spec), "--quiet"]) == 0
+    said: list[str] = []
+    heard = logging.Handler()
+    heard.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("optuna").addHandler(heard)
+    try:
+        assert main(["sweep", str(spec), "--quiet"]) == 0
+    finally:
+        logging.getLogger("optuna").removeHandler(heard)
+    assert not [s for s in said if "A new study created" in s]  # Optuna's chatter: --verbose
     client, parent, kids = _trials(tmp_path, "tpe_seeds")
     assert len(kids) == 4 and {k.info.status for k in kids} == {"FINISHED"}
     by_config: dict[str, list[int]] = {}
