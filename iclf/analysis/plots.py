@@ -1,5 +1,10 @@
 """Figures of a finished sweep; each function writes one PNG (dpi 120) and returns its path.
 
+A grid ablation is drawn along its grid; a searched sweep (TPE, random draws: a new value of every
+parameter per trial, one seed each) has no grid to draw lines along and keys too long for a legend,
+so each parameter becomes a scatter on its own scale, the curves show the best configurations and
+the cost/benefit chart names the Pareto front.
+
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so
 nothing here touches the process-wide backend or leaks open figures. Error bars are the Student-t
 95% CI over seeds from :func:`iclf.analysis.summarize` (or the standard deviation on request).
@@ -19,10 +24,16 @@ from matplotlib.figure import Figure
 
 from iclf.analysis.summary import PARAM_PREFIX, SweepSummary, _is_null, _natural_key, param_columns
 
-__all__ = ["DPI", "plot_cost_benefit", "plot_curves", "plot_importance", "plot_metric_vs_params"]
+__all__ = ["DPI", "curve_configs", "plot_cost_benefit", "plot_curves", "plot_importance",
+           "plot_metric_vs_params"]
 
 DPI = 120
 _ERRORS = {"ci95": "95% CI", "std": "std"}
+MAX_LINES = 8      # more lines (or x positions) than this in a subplot: a scatter instead
+MAX_LEVELS = 12
+MAX_CURVES = 10    # curves of the best configurations only
+MAX_NAMED = 12     # cost/benefit: more configurations than this, only the Pareto front is named
+LABEL_CHARS = 60   # legend entries and point labels are cut here
 
 
 def _table(summary: pd.DataFrame | SweepSummary) -> pd.DataFrame:
@@ -62,6 +73,55 @@ def _label(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _short(text: Any, limit: int = LABEL_CHARS) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _numeric(values: pd.Series) -> bool:
+    """Whether the set values of a parameter column are all numbers (bools are not)."""
+    set_values = [v for v in values if not _is_null(v)]
+    return bool(set_values) and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        for v in set_values
+    )
+
+
+def _log_scale(x: np.ndarray) -> bool:
+    """Whether values look drawn on a log scale (a learning rate, Adam's eps, ranks 4..64): all
+    positive, spanning a decade or more, and crowded at the low end (median under a quarter of the
+    maximum; a uniform draw such as a loss weight in [0, 2] has its median near half of it)."""
+    if len(x) < 2 or x.min() <= 0:
+        return False
+    return x.max() / x.min() >= 10 and float(np.median(x)) < 0.25 * x.max()
+
+
+def _scatter(ax: Any, table: pd.DataFrame, col: str, mean: str, err: str) -> None:
+    """One point per configuration against the value of ``col``: on a numeric axis for numbers (log
+    for values drawn on a log scale: :func:`_log_scale`), at even positions for anything else."""
+    values = table[col]
+    if _numeric(values):
+        keep = ~values.map(_is_null)
+        x = values[keep].to_numpy(float)
+        ax.errorbar(x, table.loc[keep, mean], yerr=_yerr(table.loc[keep, err]), fmt="o", capsize=2,
+                    alpha=0.8)
+        if _log_scale(x):
+            ax.set_xscale("log")
+        unset = int((~keep).sum())
+        if unset:
+            ax.set_title(f"{ax.get_title()} ({unset} without it)", fontsize=10)
+        return
+    labels = values.map(_label)
+    levels = sorted(set(labels), key=lambda v: _natural_key(_level(v)))
+    x = labels.map({lv: i for i, lv in enumerate(levels)}).to_numpy(float)
+    # points of one level spread across its position (golden-ratio steps: in no order that could
+    # read as a trend), not on top of each other
+    nth = labels.groupby(labels).cumcount().to_numpy(float)
+    x = x + 0.3 * (np.mod((nth + 1) * 0.618034, 1.0) - 0.5)
+    ax.errorbar(x, table[mean], yerr=_yerr(table[err]), fmt="o", capsize=2, alpha=0.8)
+    ax.set_xticks(range(len(levels)), [_short(v, 16) for v in levels])
+
+
 def _yerr(values: pd.Series) -> np.ndarray:
     return np.nan_to_num(values.to_numpy(float), nan=0.0)  # one seed: no bar, not a zero-width lie
 
@@ -83,7 +143,9 @@ def plot_metric_vs_params(
 
     In the subplot of one parameter, configurations are grouped into lines by the values of the
     other parameters (with two parameters: one line per value of the other). Parameter values sit
-    at evenly spaced positions in natural order, as ablation grids are.
+    at evenly spaced positions in natural order, as ablation grids are. Where that would draw more
+    than :data:`MAX_LINES` lines or :data:`MAX_LEVELS` positions (a searched sweep), the subplot is
+    a scatter of every configuration against the parameter's value instead (:func:`_scatter`).
     """
     table = _table(summary)
     mean, err = _columns(table, metric, error)
@@ -114,6 +176,16 @@ def plot_metric_vs_params(
                 key=lambda kv: tuple(_natural_key(_level(v)) for v in _tuple(kv[0])),
             )
         )
+        ax.set_title(f"{metric} vs {name}")
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"{metric} (mean ± {_ERRORS[error]})")
+        ax.grid(True, alpha=0.3)
+        if len(groups) > MAX_LINES or len(levels) > MAX_LEVELS:
+            _scatter(ax, table, col, mean, err)
+            _baseline_line(ax, table, mean)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+            continue
         width = 0.25 / max(1, len(groups) - 1) if len(groups) > 1 else 0.0
         for i, (values, rows) in enumerate(groups):
             rows = rows.assign(_x=rows[col].map(_label).map(position)).sort_values("_x")
@@ -125,10 +197,6 @@ def plot_metric_vs_params(
             )
         _baseline_line(ax, table, mean)
         ax.set_xticks(range(len(levels)), levels)
-        ax.set_xlabel(name)
-        ax.set_ylabel(f"{metric} (mean ± {_ERRORS[error]})")
-        ax.set_title(f"{metric} vs {name}")
-        ax.grid(True, alpha=0.3)
         ax.legend(
             fontsize=8,
             title=", ".join(o[len(PARAM_PREFIX) :] for o in others) or None,
@@ -188,10 +256,12 @@ def plot_cost_benefit(
     for xi in np.unique(x):
         idx = order[x[order] == xi]  # ascending y among points of this cost
         rank_in_group[idx] = np.arange(len(idx))[::-1]
-    for xi, yi, key, k in zip(x, y, rows["config_key"], rank_in_group):
-        ax.annotate(
-            str(key), (xi, yi), textcoords="offset points", xytext=(5, 3 - 9 * int(k)), fontsize=7
-        )
+    named = np.zeros(len(x), dtype=bool)
+    named[front if len(x) > MAX_NAMED else slice(None)] = True
+    for xi, yi, key, k, show in zip(x, y, rows["config_key"], rank_in_group, named):
+        if show:
+            ax.annotate(_short(key, 48), (xi, yi), textcoords="offset points",
+                        xytext=(5, 3 - 9 * int(k)), fontsize=7)
     if "is_baseline" in rows.columns and rows["is_baseline"].any():
         b = rows["is_baseline"].to_numpy(bool)
         ax.plot(
@@ -201,7 +271,8 @@ def plot_cost_benefit(
     ax.margins(x=0.2)  # room for the labels of the cheapest and the dearest configurations
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"{metric} (mean ± {_ERRORS[error]})")
-    ax.set_title(f"Cost/benefit: trainable parameters vs {metric}")
+    ax.set_title(f"Cost/benefit: trainable parameters vs {metric}"
+                 + (" (the Pareto front named)" if len(x) > MAX_NAMED else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -213,7 +284,8 @@ def plot_curves(
     metric: str = "val/R1",
     configs: Sequence[str] | None = None,
 ) -> Path:
-    """Per-epoch validation ``metric`` per configuration: mean over seeds, shaded ± std band."""
+    """Per-epoch validation ``metric`` per configuration: mean over seeds, shaded ± std band. Without
+    ``configs``, the :data:`MAX_CURVES` best configurations (:func:`curve_configs`)."""
     needed = ["run_id", "config_key", "epoch", metric]
     missing = [c for c in needed if c not in curves.columns]
     if missing:
@@ -226,9 +298,10 @@ def plot_curves(
         frame = frame[frame["config_key"].isin(configs)]
         keys = list(configs)
     else:
-        keys = list(dict.fromkeys(frame["config_key"]))
+        keys = curve_configs(frame, metric)
     if not keys:
         raise ValueError(f"curves frame has no finite {metric} values to plot")
+    total = frame["config_key"].nunique()
     fig = _figure(8.5, 5.0)
     ax = fig.add_subplot()
     colors = [f"C{i}" for i in range(10)] if len(keys) <= 10 else _tab20(len(keys))
@@ -236,14 +309,27 @@ def plot_curves(
         stats = frame[frame["config_key"] == key].groupby("epoch")[metric].agg(["mean", "std"])
         epochs, mu = stats.index.to_numpy(float), stats["mean"].to_numpy(float)
         sd = np.nan_to_num(stats["std"].to_numpy(float), nan=0.0)
-        ax.plot(epochs, mu, marker="o", markersize=3, color=color, label=str(key))
+        ax.plot(epochs, mu, marker="o", markersize=3, color=color, label=_short(key))
         ax.fill_between(epochs, mu - sd, mu + sd, color=color, alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"Validation {metric} per epoch (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="configuration")
+    which = f" (the {len(keys)} best of {total})" if len(keys) < total else ""
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5),
+              title=f"configuration{which}", title_fontsize=8)
     return _save(fig, path)
+
+
+def curve_configs(curves: pd.DataFrame, metric: str, limit: int = MAX_CURVES) -> list[str]:
+    """The configurations whose curves :func:`plot_curves` draws: all, in order of appearance, up
+    to ``limit``; beyond it the ``limit`` best by their best epoch (mean over seeds), best first."""
+    frame = curves[np.isfinite(curves[metric].to_numpy(float))]
+    keys = list(dict.fromkeys(frame["config_key"]))
+    if len(keys) <= limit:
+        return keys
+    peak = frame.groupby(["config_key", "epoch"])[metric].mean().groupby(level=0).max()
+    return list(peak.sort_values(ascending=False, kind="stable").index[:limit])
 
 
 def _tab20(n: int) -> list:

@@ -88,3 +88,50 @@ def test_plots_leave_pyplot_alone(tmp_path):
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png")], check=True)
+
+
+def _searched(n=24):
+    """A TPE-like sweep: ``n`` configurations of one seed each, every parameter drawn (a log-spaced
+    learning rate, a rank, a loss weight, a style inactive at some draws): config keys of ~150
+    characters, as `ablations/joint.yaml` makes them."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    lrs = [float(x) for x in np.exp(rng.uniform(np.log(1e-6), np.log(1e-4), n))]
+    trials, curves = synthetic_sweep({"optim.lr": lrs}, seeds=(0,), epochs=3,
+                                     effect=lambda c: 60.0 + 4.0 * np.log10(c["optim.lr"] / 1e-6))
+    keys = {}
+    for i, lr in enumerate(lrs):
+        extra = {"lora.rank": [0, 4, 16, 64][i % 4],
+                 "losses.weights.itc": float(rng.uniform(0, 2)),
+                 "losses.weights.mlm": float(rng.uniform(0, 2)),
+                 "fusion.style": None if i % 3 == 0 else "interlaced"}
+        rows = trials["param.optim.lr"] == lr
+        for k, v in extra.items():
+            trials.loc[rows, f"param.{k}"] = v
+        old = trials.loc[rows, "config_key"].iloc[0]
+        keys[old] = ",".join(f"{k}={v}" for k, v in {"optim.lr": lr, **extra}.items()
+                             if v is not None)
+    trials["config_key"] = trials["config_key"].map(keys)
+    curves["config_key"] = curves["config_key"].map(keys)
+    return trials, curves
+
+
+def test_a_searched_sweep_plots_readably(tmp_path):
+    """TPE draws a new value of every parameter per trial: no grid to draw lines along, one seed per
+    configuration, keys too long for a legend. metric-vs-parameter shows each parameter as a
+    scatter on its own scale (log for a learning rate), the curves the ten best configurations, the
+    cost/benefit chart names the Pareto front only; none warns that its layout collapsed."""
+    import warnings
+
+    trials, curves = _searched()
+    table = summarize(trials)
+    assert max(len(k) for k in table["config_key"]) > 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied ... collapsed"
+        _check_png(plots.plot_metric_vs_params(table, tmp_path / "mvp.png"), min_kb=20)
+        _check_png(plots.plot_curves(curves, tmp_path / "curves.png"), min_kb=20)
+        _check_png(plots.plot_cost_benefit(table, tmp_path / "cost.png"), min_kb=20)
+    shown = plots.curve_configs(curves, "val/R1")
+    best = table.sort_values("val/R1 mean", ascending=False)["config_key"].head(10)
+    assert len(shown) == 10 and set(shown) == set(best)
