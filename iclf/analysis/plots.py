@@ -193,13 +193,14 @@ def plot_metric_vs_params(
             pairs = zip(others, _tuple(values))
             label = ", ".join(f"{o[len(PARAM_PREFIX) :]}={v}" for o, v in pairs)
             ax.errorbar(
-                x, rows[mean], yerr=_yerr(rows[err]), marker="o", capsize=3, label=label or metric
+                x, rows[mean], yerr=_yerr(rows[err]), marker="o", capsize=3,
+                label=_short(label) if label else metric,
             )
         _baseline_line(ax, table, mean)
         ax.set_xticks(range(len(levels)), levels)
         ax.legend(
             fontsize=8,
-            title=", ".join(o[len(PARAM_PREFIX) :] for o in others) or None,
+            title=_short(", ".join(o[len(PARAM_PREFIX) :] for o in others)) or None,
             title_fontsize=8,
         )
     fig.suptitle(f"{metric} over the ablated parameters (error bars: {_ERRORS[error]} over seeds)")

@@ -92,8 +92,8 @@ def test_plots_leave_pyplot_alone(tmp_path):
 
 def _searched(n=24):
     """A TPE-like sweep: ``n`` configurations of one seed each, every parameter drawn (a log-spaced
-    learning rate, a rank, a loss weight, a style inactive at some draws): config keys of ~150
-    characters, as `ablations/joint.yaml` makes them."""
+    learning rate and eps, a rank, four loss weights, a style inactive at some draws): config keys
+    of ~250 characters, as `ablations/joint.yaml` makes them."""
     import numpy as np
 
     rng = np.random.default_rng(3)
@@ -105,6 +105,9 @@ def _searched(n=24):
         extra = {"lora.rank": [0, 4, 16, 64][i % 4],
                  "losses.weights.itc": float(rng.uniform(0, 2)),
                  "losses.weights.mlm": float(rng.uniform(0, 2)),
+                 "losses.weights.itm": float(rng.uniform(0, 2)),
+                 "losses.weights.id": float(rng.uniform(0, 2)),
+                 "optim.eps": float(np.exp(rng.uniform(np.log(1e-8), np.log(1e-3)))),
                  "fusion.style": None if i % 3 == 0 else "interlaced"}
         rows = trials["param.optim.lr"] == lr
         for k, v in extra.items():
@@ -126,12 +129,14 @@ def test_a_searched_sweep_plots_readably(tmp_path):
 
     trials, curves = _searched()
     table = summarize(trials)
-    assert max(len(k) for k in table["config_key"]) > 100
+    assert max(len(k) for k in table["config_key"]) > 200
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "constrained_layout not applied ... collapsed"
         _check_png(plots.plot_metric_vs_params(table, tmp_path / "mvp.png"), min_kb=20)
         _check_png(plots.plot_curves(curves, tmp_path / "curves.png"), min_kb=20)
         _check_png(plots.plot_cost_benefit(table, tmp_path / "cost.png"), min_kb=20)
+        two = summarize(trials[trials["config_key"].isin(table["config_key"][:2])])
+        _check_png(plots.plot_metric_vs_params(two, tmp_path / "two.png"))  # lines, cut labels
     shown = plots.curve_configs(curves, "val/R1")
     best = table.sort_values("val/R1 mean", ascending=False)["config_key"].head(10)
     assert len(shown) == 10 and set(shown) == set(best)
