@@ -724,6 +724,10 @@ def _validate(where: _Where, spec: AblationSpec) -> None:
     _validate_space(where, spec)
 
 
+#: TPE draws while it runs; at load time this many seeded random draws check its space's rules.
+TPE_DRAWS_CHECKED = 200
+
+
 def _validate_space(where: _Where, spec: AblationSpec) -> None:
     """Every parameter is a config key, every value builds a valid experiment config."""
     algo = spec.search.algorithm
@@ -765,6 +769,12 @@ def _validate_space(where: _Where, spec: AblationSpec) -> None:
     if algo in ("grid", "random"):
         for params in spec.configurations():
             _check_trial(where, spec, "space", params, config_key(params))
+    else:  # tpe: no list of configurations; draws that cross the conditions and the rules
+        rng = random.Random(spec.search.seed)
+        for _ in range(TPE_DRAWS_CHECKED):
+            params = _expand(spec.space, lambda p: [p.sample(rng)])[0]
+            _check_kept(where, spec, params, config_key(params),
+                        spec.trial_dict(params, spec.seeds[0]))
     if spec.baseline:
         keys = spec.param_keys
         for key, value in spec.baseline.items():
@@ -818,6 +828,20 @@ def _check_trial(where: _Where, spec: AblationSpec, key: str, params: Mapping[st
         config_from_dict(data, "experiment")
     except ConfigError as exc:
         raise where.fail(key, f"with {what}: {exc.detail}") from None
+    _check_kept(where, spec, params, what, data)
+
+
+def _check_kept(where: _Where, spec: AblationSpec, params: Mapping[str, Any], what: str,
+                data: Mapping[str, Any]) -> None:
+    """Every parameter of a trial keeps its value after the ``when`` rules: one a rule sets again
+    would be logged and compared with a value the trial never trained with."""
+    for key, value in params.items():
+        used = get_dotted(data, key, None)
+        if not _same(used, value):
+            raise where.fail(f"space.{key}", f"with {what}: a when: rule sets {key} to {used!r}, so "
+                                             f"the drawn {value!r} would change nothing; give the "
+                                             f"parameter an if: that leaves it out where the rule "
+                                             f"holds")
 
 
 def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:

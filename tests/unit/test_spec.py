@@ -397,3 +397,24 @@ baseline: {optim.weight_decay: 1e-4, lora.alpha: 32.0}
     assert small.training.epochs == 2 and large.training.epochs == 2  # lr 1e-4 == 1.0e-4
     assert small.schedule.warmup_epochs == 1 and large.schedule.warmup_epochs == 0
     assert spec.baseline == {"optim.weight_decay": 1e-4, "lora.alpha": 32.0}
+
+
+@pytest.mark.parametrize("search", ["grid", "tpe"])
+def test_a_drawn_parameter_a_when_rule_overwrites_is_an_error(tmp_path, search):
+    """A parameter a ``when`` rule sets again would be logged with a value the trial never used:
+    the MLM weight drawn at fusion depth 0, where the rule turns MLM off. Conditional on the depth,
+    it is drawn only where it counts, and the spec loads."""
+    kind = "grid: [0.5, 1.0]" if search == "grid" else "uniform: [0.5, 1.0]"
+    depth = "grid: [0, 2]" if search == "grid" else "choice: [0, 2]"
+    text = (f"name: ow\nbase: {ROOT}/experiments/synthetic.yaml\n"
+            f"space:\n  fusion.depth: {{{depth}}}\n  losses.weights.mlm: {{{kind}}}\n"
+            "when:\n  - if: {fusion.depth: 0}\n    set: {losses.weights.mlm: 0.0, "
+            "losses.weights.itm: 0.0}\n"
+            f"search: {{algorithm: {search}}}\n" + ("num_samples: 8\n" if search == "tpe" else "")
+            + "seeds: [0]\n")
+    with pytest.raises(ConfigError, match=r"spec.yaml: space.losses.weights.mlm: with "
+                                          r"fusion.depth=0,losses.weights.mlm=[0-9.]+: a when: rule "
+                                          r"sets losses.weights.mlm to 0.0"):
+        load_spec(write_spec(tmp_path, text))
+    fixed = text.replace(f"{{{kind}}}", f"{{{kind}, if: {{fusion.depth: {{gt: 0}}}}}}")
+    assert load_spec(write_spec(tmp_path, fixed)).space[1].conditions
