@@ -42,7 +42,9 @@ ordering conditions are floats, equality conditions and ``in`` lists compare the
 spell, baseline values become floats; grid and choice values are kept as written.
 A parameter's ``if:`` may only name parameters listed before it; when it does not hold the parameter
 is left out of the trial (the experiment's value stands). A rule's ``if:`` is evaluated on the trial's
-experiment config after the parameters are set.
+experiment config after the parameters are set. A rule may not set a parameter the trial drew (it
+would be logged with a value it never trained with): give the parameter an ``if:`` instead; checked
+at load time on every configuration of a grid or random search, and on 200 seeded draws for TPE.
 
 Seeds with TPE: each suggested configuration runs once per seed through Ray's ``Repeater`` (the
 searcher sees the mean over seeds). Ray's documentation rules out combining ``Repeater`` with an
