@@ -14,7 +14,6 @@ FINISHED run and train nothing.
 """
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 psutil = pytest.importorskip("psutil")
 
-from drivers import Driver, resume  # noqa: E402
+from drivers import Driver, resume, wait_for_runs  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from tiny_sweep import sweep_runs, write_tiny_spec  # noqa: E402
 
@@ -49,32 +48,15 @@ def epoch_events(run) -> list[int]:
 def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     spec = write_tiny_spec(tmp_path, "resume", "lora.rank: {grid: [0, 4]}", seeds=(0, 1),
                            epochs=EPOCHS)
-    state = tmp_path / "ray" / "resume" / "sweep.json"
     args = [str(spec), "--quiet", "--num-cpus", "2"]
 
     first = Driver(args, tmp_path / "first.log")
     try:
-        # Wait for the parent run (sweep.json) before opening the database ourselves: the driver
-        # creates its schema.
-        client = parent_id = None
-        finished: dict[str, dict] = {}
-        running: set[str] = set()
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert first.wait(0.3) is None, f"the sweep ended before it was killed:\n{first.tail()}"
-            if client is None:
-                if not state.is_file():
-                    continue
-                parent_id = json.loads(state.read_text())["parent_run_id"]
-                client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-                exp_id = client.get_run(parent_id).info.experiment_id
-            kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-            done = [r for r in kids if r.info.status == "FINISHED"]
-            busy = [r for r in kids if r.info.status == "RUNNING"]
-            if done and busy:
-                break
-        else:
-            pytest.fail(f"no trial finished while another ran within 240 s:\n{first.tail()}")
+        client, exp_id, parent_id = wait_for_runs(
+            first, tmp_path, "resume",
+            lambda kids: any(r.info.status == "FINISHED" for r in kids)
+            and any(r.info.status == "RUNNING" for r in kids),
+            "trial finished while another ran (before the kill)")
         first.kill_group()
         # Ray's own processes share the driver's fate: none outlives it.
         left = first.survivors(grace=30)
@@ -82,6 +64,8 @@ def test_killed_driver_resumes_without_losing_or_repeating(tmp_path):
     finally:
         first.end_all()
 
+    finished: dict[str, dict] = {}
+    running: set[str] = set()
     kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     for run in kids:
         if run.info.status == "FINISHED":
