@@ -175,7 +175,7 @@ def overhead_part(args, overrides: dict, out: Path) -> dict:
 
 
 def projection_part(args, overrides: dict, out: Path) -> dict:
-    from iclf.names import DEVICE_SHARE_TAG, device_share
+    from iclf.names import run_device_seconds
     from iclf.sweep.plan import make_plan
 
     spec = load(DEMO, overrides, out / "projection", smoke=args.smoke or args.quick)
@@ -193,14 +193,14 @@ def projection_part(args, overrides: dict, out: Path) -> dict:
     actual: dict[str, float] = {}
     for r in runs:
         key = r.data.tags.get("config_key", "")
-        actual[key] = actual.get(key, 0.0) + (r.data.metrics.get("device_seconds", 0.0)
-                                              * device_share(r.data.tags.get(DEVICE_SHARE_TAG)))
+        actual[key] = actual.get(key, 0.0) + run_device_seconds(r.data.metrics, r.data.tags)
     configs = [{"config_key": k, "projected_s": round(v, 2), "actual_s": round(actual.get(k, 0), 2),
                 "ratio": round(v / actual[k], 3) if actual.get(k) else None}
                for k, v in projected.items()]
     total_p, total_a = sum(projected.values()), sum(actual.values())
     return {"spec": str(spec.path), "sweep": spec.sweep_name, "smoke": spec.smoke,
-            "trials": outcome.trials, "finished": outcome.finished, "measure_s": round(measure_s, 2),
+            "trials": outcome.trials, "finished": outcome.finished,
+            "measure_s": round(measure_s, 2),
             "sweep_wall_s": round(wall, 2), "projection": plan.projection().line(),
             "projected_device_hours": round(total_p / 3600, 4),
             "actual_device_hours": round(total_a / 3600, 4),

@@ -83,6 +83,12 @@ def device_share(value: object) -> float:
     return share if 0.0 < share <= 1.0 else 1.0
 
 
+def run_device_seconds(metrics: Mapping[str, float], tags: Mapping[str, str]) -> float:
+    """What a run cost, in device-seconds: its ``device_seconds`` metric x its :func:`device_share`
+    (the figure a sweep's ``device_hours`` sums)."""
+    return float(metrics.get("device_seconds", 0.0)) * device_share(tags.get(DEVICE_SHARE_TAG))
+
+
 def better(new: float, old: float | None, mode: Mode) -> bool:
     """Whether ``new`` beats ``old`` (None: nothing yet) under ``mode`` (max or min)."""
     if mode not in ("max", "min"):

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from iclf.config import ExperimentConfig
-from iclf.names import DEVICE_SHARE_TAG, EPOCH, PARAM_PREFIX, device_share
+from iclf.names import DEVICE_SHARE_TAG, EPOCH, PARAM_PREFIX, device_share, run_device_seconds
 from iclf.sweep.spec import AblationSpec, Param, config_key
 
 #: Config keys that do not change how long an epoch takes: which run it is, where it reads and
@@ -667,8 +667,7 @@ def log_actual(client, experiment_id: str, parent_run_id: str,
     logged to the parent run beside the projection, and printed with it."""
     from iclf.tracking.mlflow import child_runs
 
-    seconds = sum(r.data.metrics.get("device_seconds", 0.0)
-                  * device_share(r.data.tags.get(DEVICE_SHARE_TAG))
+    seconds = sum(run_device_seconds(r.data.metrics, r.data.tags)
                   for r in child_runs(client, experiment_id, parent_run_id))
     hours = seconds / 3600
     metrics = client.get_run(parent_run_id).data.metrics
